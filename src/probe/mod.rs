@@ -1,0 +1,6 @@
+//! Reachability probes sent natively from inside the source namespace.
+
+pub mod icmp;
+pub mod outcome;
+pub mod reach;
+// pub mod transport; (being written)

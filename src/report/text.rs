@@ -1,0 +1,249 @@
+//! The deterministic text report: every step with its result, and at each checkpoint
+//! the expected and the observed matrix side by side, mismatches marked. No times,
+//! no MACs, nothing that changes between two runs of an unchanged kernel.
+
+use std::fmt::Write;
+
+use super::redact;
+use crate::probe::reach::ObservedMatrix;
+use crate::runner::{ActionOutcome, ActionText, Check, RunRecord, StepRecord};
+
+/// The whole report of a run.
+pub fn render(record: &RunRecord) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "scenario {} ({})", record.name, record.path);
+    if let Some(a) = &record.about {
+        let _ = writeln!(s, "about: {}", a.trim());
+    }
+    if let Some(src) = &record.source {
+        let _ = writeln!(s, "source: {}", src.trim());
+    }
+    s.push('\n');
+    for step in &record.steps {
+        s.push_str(&render_step(step));
+        s.push('\n');
+    }
+    s.push_str(&summary(record));
+    s.push('\n');
+    s
+}
+
+/// One line saying how the run went.
+pub fn summary(record: &RunRecord) -> String {
+    let checks: usize = record.steps.iter().map(|s| s.checks.len()).sum();
+    let failed = record.failed_checks();
+    match record.failed_step() {
+        Some(step) => format!(
+            "result: FAILED at step {} ({}); {} of {} checks failed before it",
+            step.index, step.name, failed, checks
+        ),
+        None if failed > 0 => format!("result: FAILED, {failed} of {checks} checks did not hold"),
+        None => format!("result: passed, {checks} checks held"),
+    }
+}
+
+fn status_word(step: &StepRecord) -> &'static str {
+    match &step.outcome {
+        ActionOutcome::NotRun => "not run",
+        ActionOutcome::ShellFailed(_) | ActionOutcome::Failed(_) => "FAILED",
+        _ if step.checks.iter().all(Check::passed) => "ok",
+        _ => "MISMATCH",
+    }
+}
+
+/// The block of one step.
+pub fn render_step(step: &StepRecord) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "step {} [{}] {} ... {}",
+        step.index,
+        step.netns,
+        step.name,
+        status_word(step)
+    );
+    match &step.action {
+        ActionText::None => {}
+        ActionText::Script(script) => {
+            for l in script.lines().filter(|l| !l.trim().is_empty()) {
+                let _ = writeln!(s, "  $ {l}");
+            }
+        }
+        ActionText::Typed(cmd) => {
+            let _ = writeln!(s, "  = {cmd}");
+        }
+    }
+    match &step.outcome {
+        ActionOutcome::Done { output: Some(o) } => {
+            let out = redact::output(o.stdout.trim_end());
+            for l in out.lines() {
+                let _ = writeln!(s, "  | {l}");
+            }
+            let err = redact::output(o.stderr.trim_end());
+            for l in err.lines() {
+                let _ = writeln!(s, "  ! {l}");
+            }
+        }
+        ActionOutcome::ShellFailed(f) => {
+            let _ = writeln!(s, "  +-- step failed ---------------------------------");
+            if let Some((line, cmd)) = &f.command {
+                let _ = writeln!(s, "  | command:   {cmd}   (script line {line})");
+            }
+            let _ = writeln!(s, "  | namespace: {}", f.netns);
+            let _ = writeln!(s, "  | status:    {}", f.status);
+            let err = redact::output(f.output.stderr.trim_end());
+            if !err.is_empty() {
+                let _ = writeln!(s, "  | stderr:");
+                for l in err.lines() {
+                    let _ = writeln!(s, "  |   {l}");
+                }
+            }
+            let out = redact::output(f.output.stdout.trim_end());
+            if !out.is_empty() {
+                let _ = writeln!(s, "  | stdout:");
+                for l in out.lines() {
+                    let _ = writeln!(s, "  |   {l}");
+                }
+            }
+            let _ = writeln!(s, "  +-----------------------------------------------");
+        }
+        ActionOutcome::Failed(msg) => {
+            let _ = writeln!(s, "  error: {msg}");
+        }
+        _ => {}
+    }
+    for check in &step.checks {
+        match check {
+            Check::Matrix(m) => s.push_str(&render_matrix(m)),
+            Check::Stdout { needle, found } => {
+                let _ = writeln!(
+                    s,
+                    "  expect stdout contains {:?} ... {}",
+                    needle,
+                    if *found { "yes" } else { "NO" }
+                );
+            }
+        }
+    }
+    s
+}
+
+/// Expected and observed side by side; a mismatched observed cell is marked `*`.
+pub fn render_matrix(m: &ObservedMatrix) -> String {
+    let mut s = String::new();
+    let mismatches = m.mismatches();
+    let verdict = if mismatches == 0 {
+        "holds".to_string()
+    } else {
+        format!("{mismatches} cell(s) differ")
+    };
+    let _ = writeln!(s, "  expect {}: {}", m.protocol, verdict);
+    let targets: Vec<String> = m
+        .destinations
+        .iter()
+        .zip(&m.targets)
+        .filter(|(d, _)| matches!(d, crate::scenario::Peer::Netns(_)))
+        .map(|(d, t)| match t {
+            Ok(a) => format!("{} = {}", d.label(), a),
+            Err(e) => format!("{} = none ({})", d.label(), e),
+        })
+        .collect();
+    if !targets.is_empty() {
+        let _ = writeln!(s, "    targets: {}", targets.join(", "));
+    }
+
+    let labels: Vec<String> = m.destinations.iter().map(|d| d.label()).collect();
+    let expected: Vec<Vec<String>> = m
+        .cells
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|c| c.expected.map_or("-".into(), |k| k.word().to_string()))
+                .collect()
+        })
+        .collect();
+    let observed: Vec<Vec<String>> = m
+        .cells
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|c| {
+                    let w = c
+                        .observed
+                        .as_ref()
+                        .map_or("-".to_string(), |o| o.kind().word().to_string());
+                    if c.matches() {
+                        w
+                    } else {
+                        format!("{w}*")
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let row_w = m.sources.iter().map(|l| l.len()).max().unwrap_or(0).max(4);
+    let col_w: Vec<usize> = (0..labels.len())
+        .map(|j| {
+            let mut w = labels[j].len();
+            for i in 0..m.sources.len() {
+                w = w.max(expected[i][j].len()).max(observed[i][j].len());
+            }
+            w
+        })
+        .collect();
+    let table = |cells: &Vec<Vec<String>>, header: bool, i: usize| -> String {
+        let mut t = String::new();
+        for (j, w) in col_w.iter().enumerate() {
+            let v = if header { &labels[j] } else { &cells[i][j] };
+            let _ = write!(t, "{v:<w$}  ");
+        }
+        t
+    };
+    let exp_w: usize = col_w.iter().map(|w| w + 2).sum();
+    let _ = writeln!(s, "    {:row_w$}  {:<exp_w$}   observed", "", "expected");
+    let _ = writeln!(
+        s,
+        "    {:row_w$}  {}   {}",
+        "",
+        table(&expected, true, 0),
+        table(&observed, true, 0).trim_end()
+    );
+    for (i, src) in m.sources.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "    {:row_w$}  {}   {}",
+            src,
+            table(&expected, false, i),
+            table(&observed, false, i).trim_end()
+        );
+    }
+    // Why each failing cell failed, as the kernel told us.
+    for (i, src) in m.sources.iter().enumerate() {
+        for (j, c) in m.cells[i].iter().enumerate() {
+            let Some(o) = &c.observed else { continue };
+            let detail = o.detail();
+            if c.matches() && detail.is_none() {
+                continue;
+            }
+            let dst = match &m.targets[j] {
+                Ok(a) if labels[j] != a.to_string() => format!("{} ({a})", labels[j]),
+                _ => labels[j].clone(),
+            };
+            let mark = if c.matches() { " " } else { "*" };
+            let mut line = format!("    {mark} {src} -> {dst}: ");
+            match c.expected {
+                Some(e) if !c.matches() => {
+                    let _ = write!(line, "expected {e}, observed {}", o.kind());
+                }
+                _ => {
+                    let _ = write!(line, "{}", o.kind());
+                }
+            }
+            if let Some(d) = detail {
+                let _ = write!(line, " ({d})");
+            }
+            let _ = writeln!(s, "{line}");
+        }
+    }
+    s
+}

@@ -1,0 +1,93 @@
+//! What a run observed, step by step: the input of the reporter.
+
+use crate::probe::reach::ObservedMatrix;
+use crate::step::shell::{ShellFailure, ShellOutput};
+
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub name: String,
+    pub about: Option<String>,
+    pub source: Option<String>,
+    pub path: String,
+    pub steps: Vec<StepRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    pub index: usize,
+    pub name: String,
+    pub netns: String,
+    /// Line of the step in the scenario file.
+    pub line: usize,
+    /// The script of a `run` step, or the command a typed action equals.
+    pub action: ActionText,
+    pub outcome: ActionOutcome,
+    pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ActionText {
+    None,
+    Script(String),
+    Typed(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum ActionOutcome {
+    /// A checkpoint with no action.
+    NoAction,
+    Done {
+        output: Option<ShellOutput>,
+    },
+    ShellFailed(ShellFailure),
+    /// A typed action or the runner itself failed; the message has its causes.
+    Failed(String),
+    /// Not run: an earlier step failed.
+    NotRun,
+}
+
+#[derive(Debug, Clone)]
+pub enum Check {
+    Matrix(ObservedMatrix),
+    Stdout { needle: String, found: bool },
+}
+
+impl Check {
+    pub fn passed(&self) -> bool {
+        match self {
+            Check::Matrix(m) => m.mismatches() == 0,
+            Check::Stdout { found, .. } => *found,
+        }
+    }
+}
+
+impl StepRecord {
+    pub fn failed(&self) -> bool {
+        matches!(
+            self.outcome,
+            ActionOutcome::ShellFailed(_) | ActionOutcome::Failed(_)
+        )
+    }
+
+    pub fn passed(&self) -> bool {
+        !self.failed() && self.checks.iter().all(Check::passed)
+    }
+}
+
+impl RunRecord {
+    pub fn passed(&self) -> bool {
+        self.steps.iter().all(StepRecord::passed)
+    }
+
+    pub fn failed_checks(&self) -> usize {
+        self.steps
+            .iter()
+            .flat_map(|s| &s.checks)
+            .filter(|c| !c.passed())
+            .count()
+    }
+
+    pub fn failed_step(&self) -> Option<&StepRecord> {
+        self.steps.iter().find(|s| s.failed())
+    }
+}

@@ -1,0 +1,669 @@
+//! Reading a scenario file and validating it into a [`Scenario`]. No syscalls beyond
+//! reading the file: nothing is created before this has passed.
+
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::error::{Problems, ScenarioError};
+use super::matrix;
+use super::model::{Action, Expect, IptablesOp, MasterChange, Matrix, Peer, Scenario, Step, HOST};
+use super::raw::{RawFile, RawStep, RawTiming};
+use crate::probe::outcome::ProbeTiming;
+
+const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Read and validate one scenario file.
+pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Validate scenario text; `path` names it in errors.
+pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
+    let mut problems = Problems::new(path.to_path_buf(), text.to_string());
+    let raw: RawFile = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim().to_string();
+            let help = toml_help(&message);
+            problems.push(span, message, "here", help);
+            return Err(problems.into_error().expect("one problem"));
+        }
+    };
+    let scenario = Validator {
+        problems: &mut problems,
+        path: path.to_path_buf(),
+    }
+    .scenario(raw);
+    match problems.into_error() {
+        Some(err) => Err(err),
+        None => Ok(scenario.expect("no problems means a scenario")),
+    }
+}
+
+fn toml_help(message: &str) -> Option<String> {
+    if message.contains("unknown field") {
+        Some(format!(
+            "the keys a step takes are listed in the README (\"Scenario format\"); {}",
+            "a misspelt key is an error, not ignored"
+        ))
+    } else if message.contains("missing field") {
+        Some("add the missing key".into())
+    } else {
+        None
+    }
+}
+
+/// Parse `3s`, `500ms`, `1.5s`, `2m`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => return None,
+    };
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return None,
+    };
+    if !secs.is_finite() || !(0.0..=24.0 * 3600.0).contains(&secs) {
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs))
+}
+
+struct Validator<'a> {
+    problems: &'a mut Problems,
+    path: PathBuf,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, span: Range<usize>, message: impl Into<String>, label: &str, help: &str) {
+        let help = (!help.is_empty()).then(|| help.to_string());
+        self.problems.push(span, message, label, help);
+    }
+
+    fn duration(&mut self, s: &Spanned<String>) -> Option<Duration> {
+        let d = parse_duration(s.get_ref());
+        if d.is_none() {
+            self.err(
+                s.span(),
+                format!("`{}` is not a duration", s.get_ref()),
+                "not a duration",
+                "write a number with a unit: 500ms, 3s, 1.5s, 2m",
+            );
+        }
+        d
+    }
+
+    fn timing(&mut self, base: ProbeTiming, raw: &RawTiming) -> ProbeTiming {
+        let mut t = base;
+        if let Some(d) = raw.deadline.as_ref().and_then(|s| self.duration(s)) {
+            t.deadline = d;
+        }
+        if let Some(d) = raw.window.as_ref().and_then(|s| self.duration(s)) {
+            t.window = d;
+        }
+        if let Some(s) = &raw.interval {
+            if let Some(d) = self.duration(s) {
+                if d < Duration::from_millis(10) {
+                    self.err(
+                        s.span(),
+                        "the probe interval is too short",
+                        "below 10ms",
+                        "use 10ms or more",
+                    );
+                } else {
+                    t.interval = d;
+                }
+            }
+        }
+        t
+    }
+
+    fn scenario(&mut self, raw: RawFile) -> Option<Scenario> {
+        let header = raw.scenario.into_inner();
+        let name = header.name.get_ref().clone();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            self.err(
+                header.name.span(),
+                format!("`{name}` is not a valid scenario name"),
+                "names the report and the snapshot",
+                "use letters, digits, `-`, `_` and `.` only",
+            );
+        }
+        let timing = match &header.probe {
+            Some(p) => self.timing(ProbeTiming::default(), p.get_ref()),
+            None => ProbeTiming::default(),
+        };
+        let step_timeout = header
+            .step_timeout
+            .as_ref()
+            .and_then(|s| self.duration(s))
+            .unwrap_or(DEFAULT_STEP_TIMEOUT);
+
+        let mut known = vec![HOST.to_string()];
+        let mut steps = Vec::new();
+        for (i, raw_step) in raw.step.into_iter().enumerate() {
+            let line = self.problems.line_of(raw_step.span().start);
+            if let Some(step) = self.step(
+                i + 1,
+                line,
+                raw_step.into_inner(),
+                &mut known,
+                timing,
+                step_timeout,
+            ) {
+                steps.push(step);
+            }
+        }
+        if steps.is_empty() && self.problems.is_empty() {
+            self.err(
+                header.name.span(),
+                "the scenario has no steps",
+                "in this scenario",
+                "add [[step]] tables after [scenario]",
+            );
+        }
+        Some(Scenario {
+            name,
+            about: header.about,
+            source: header.source,
+            path: self.path.clone(),
+            timing,
+            step_timeout,
+            steps,
+        })
+    }
+
+    fn known_netns(&mut self, known: &[String], name: &Spanned<String>) -> Option<String> {
+        let n = name.get_ref();
+        if known.iter().any(|k| k == n) {
+            return Some(n.clone());
+        }
+        self.err(
+            name.span(),
+            format!("unknown namespace `{n}`"),
+            "not created by an earlier step",
+            &format!(
+                "namespaces known at this step: {}; a namespace must be created by an earlier step (`ip netns add {n}` or `netns = \"{n}\"`)",
+                known.join(", ")
+            ),
+        );
+        None
+    }
+
+    fn step(
+        &mut self,
+        index: usize,
+        line: usize,
+        raw: RawStep,
+        known: &mut Vec<String>,
+        timing: ProbeTiming,
+        step_timeout: Duration,
+    ) -> Option<Step> {
+        let name = raw.name.get_ref().clone();
+        let netns = match &raw.in_ {
+            Some(ns) => self.known_netns(known, ns).unwrap_or_default(),
+            None => HOST.to_string(),
+        };
+        let timeout = raw
+            .timeout
+            .as_ref()
+            .and_then(|s| self.duration(s))
+            .unwrap_or(step_timeout);
+
+        // Which actions are present, with their spans.
+        let mut present: Vec<(&str, Range<usize>)> = Vec::new();
+        macro_rules! note {
+            ($field:ident, $key:literal) => {
+                if let Some(v) = &raw.$field {
+                    present.push(($key, v.span()));
+                }
+            };
+        }
+        note!(run, "run");
+        note!(netns, "netns");
+        note!(bridge, "bridge");
+        note!(veth, "veth");
+        note!(move_, "move");
+        note!(link, "link");
+        note!(addr, "addr");
+        note!(route, "route");
+        note!(sysctl, "sysctl");
+        note!(iptables, "iptables");
+        if present.len() > 1 {
+            let (first, _) = &present[0];
+            let (second, span) = &present[1];
+            self.err(
+                span.clone(),
+                format!("step `{name}` has two actions: `{first}` and `{second}`"),
+                "second action",
+                "a step has at most one action; split it into two [[step]] tables",
+            );
+        }
+
+        let action = if let Some(run) = &raw.run {
+            Some(Action::Run {
+                script: run.get_ref().clone(),
+            })
+        } else if let Some(ns) = &raw.netns {
+            let n = ns.get_ref();
+            if !valid_ifname_like(n) {
+                self.err(
+                    ns.span(),
+                    format!("`{n}` is not a valid namespace name"),
+                    "here",
+                    "use letters, digits, `-`, `_` and `.`",
+                );
+            } else if n == HOST || known.contains(n) {
+                self.err(
+                    ns.span(),
+                    format!("namespace `{n}` already exists"),
+                    "created earlier",
+                    "pick another name",
+                );
+            }
+            Some(Action::Netns { name: n.clone() })
+        } else if let Some(b) = &raw.bridge {
+            let b = b.get_ref();
+            self.ifname(&b.name);
+            Some(Action::Bridge {
+                name: b.name.get_ref().clone(),
+                up: b.up,
+            })
+        } else if let Some(v) = &raw.veth {
+            let v = v.get_ref();
+            self.ifname(&v.name);
+            self.ifname(&v.peer);
+            let ns_of = |this: &mut Self, n: &Option<Spanned<String>>| match n {
+                Some(n) => this.known_netns(known, n).unwrap_or_default(),
+                None => netns.clone(),
+            };
+            let vn = ns_of(self, &v.netns);
+            let pn = ns_of(self, &v.peer_netns);
+            Some(Action::Veth {
+                name: v.name.get_ref().clone(),
+                peer: v.peer.get_ref().clone(),
+                netns: vn,
+                peer_netns: pn,
+                master: v.master.as_ref().map(|m| m.get_ref().clone()),
+                peer_master: v.peer_master.as_ref().map(|m| m.get_ref().clone()),
+                up: v.up,
+            })
+        } else if let Some(m) = &raw.move_ {
+            let m = m.get_ref();
+            let to = self.known_netns(known, &m.to).unwrap_or_default();
+            Some(Action::Move {
+                link: m.link.get_ref().clone(),
+                to,
+            })
+        } else if let Some(l) = &raw.link {
+            let span = l.span();
+            let l = l.get_ref();
+            let up = match &l.state {
+                None => None,
+                Some(s) => match s.get_ref().as_str() {
+                    "up" => Some(true),
+                    "down" => Some(false),
+                    other => {
+                        self.err(
+                            s.span(),
+                            format!("`{other}` is not a link state"),
+                            "here",
+                            "state is \"up\" or \"down\"",
+                        );
+                        None
+                    }
+                },
+            };
+            let master = match (&l.master, l.nomaster) {
+                (Some(m), true) => {
+                    self.err(
+                        m.span(),
+                        "`master` and `nomaster` together",
+                        "conflicts with nomaster",
+                        "keep one of them",
+                    );
+                    None
+                }
+                (Some(m), false) => Some(MasterChange::Set(m.get_ref().clone())),
+                (None, true) => Some(MasterChange::Clear),
+                (None, false) => None,
+            };
+            if l.state.is_none() && master.is_none() && !l.nomaster {
+                self.err(
+                    span,
+                    "`link` changes nothing",
+                    "here",
+                    "give `state = \"up\"`, `master = \"br0\"` or `nomaster = true`",
+                );
+            }
+            Some(Action::Link {
+                name: l.name.get_ref().clone(),
+                up,
+                master,
+            })
+        } else if let Some(a) = &raw.addr {
+            let a = a.get_ref();
+            let address = self.ipnet(
+                &a.address,
+                "write an address with its prefix length, e.g. 192.168.1.61/24 or fd00::1/64",
+            );
+            address.map(|address| Action::Addr {
+                dev: a.dev.get_ref().clone(),
+                address,
+            })
+        } else if let Some(r) = &raw.route {
+            let r = r.get_ref();
+            let via = r.via.as_ref().and_then(|v| {
+                let p = v.get_ref().parse::<IpAddr>();
+                if p.is_err() {
+                    self.err(
+                        v.span(),
+                        format!("`{}` is not an IP address", v.get_ref()),
+                        "not an address",
+                        "write a gateway address such as 10.0.0.1",
+                    );
+                }
+                p.ok()
+            });
+            let dst = if r.dst.get_ref() == "default" {
+                Some(match via {
+                    Some(IpAddr::V6(_)) => "::/0".parse().unwrap(),
+                    _ => "0.0.0.0/0".parse().unwrap(),
+                })
+            } else {
+                self.ipnet(&r.dst, "write a prefix such as 10.0.2.0/24, or \"default\"")
+            };
+            if r.via.is_none() && r.dev.is_none() {
+                self.err(
+                    r.dst.span(),
+                    "a route needs `via` or `dev`",
+                    "where does it go?",
+                    "add via = \"10.0.0.1\" or dev = \"veth0\"",
+                );
+            }
+            dst.map(|dst| Action::Route {
+                dst,
+                via,
+                dev: r.dev.as_ref().map(|d| d.get_ref().clone()),
+            })
+        } else if let Some(s) = &raw.sysctl {
+            let s = s.get_ref();
+            let key = s.key.get_ref();
+            if key.is_empty()
+                || key.contains("..")
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+            {
+                self.err(
+                    s.key.span(),
+                    format!("`{key}` is not a sysctl key"),
+                    "here",
+                    "write it as sysctl does, e.g. net.ipv4.ip_forward",
+                );
+            }
+            Some(Action::Sysctl {
+                key: key.clone(),
+                value: s.value.get_ref().clone(),
+            })
+        } else if let Some(t) = &raw.iptables {
+            let span = t.span();
+            let t = t.get_ref();
+            let table = t
+                .table
+                .as_ref()
+                .map(|t| t.get_ref().clone())
+                .unwrap_or_else(|| "filter".into());
+            if let Some(ts) = &t.table {
+                if !["filter", "nat", "mangle", "raw", "security"].contains(&table.as_str()) {
+                    self.err(
+                        ts.span(),
+                        format!("`{table}` is not an iptables table"),
+                        "here",
+                        "one of filter, nat, mangle, raw, security",
+                    );
+                }
+            }
+            let ops: Vec<(IptablesOp, Range<usize>)> = [
+                t.append
+                    .as_ref()
+                    .map(|r| (IptablesOp::Append(r.get_ref().clone()), r.span())),
+                t.insert
+                    .as_ref()
+                    .map(|r| (IptablesOp::Insert(r.get_ref().clone()), r.span())),
+                t.policy
+                    .as_ref()
+                    .map(|r| (IptablesOp::Policy(r.get_ref().clone()), r.span())),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if ops.len() != 1 {
+                let s = ops.get(1).map(|o| o.1.clone()).unwrap_or(span);
+                self.err(
+                    s,
+                    "`iptables` takes exactly one of `append`, `insert`, `policy`",
+                    "here",
+                    "one rule or policy per step",
+                );
+                None
+            } else {
+                let (op, op_span) = ops.into_iter().next().unwrap();
+                if let IptablesOp::Policy(p) = &op {
+                    if p != "ACCEPT" && p != "DROP" {
+                        self.err(
+                            op_span,
+                            format!("`{p}` is not a chain policy"),
+                            "here",
+                            "a built-in chain's policy is ACCEPT or DROP",
+                        );
+                    }
+                }
+                Some(Action::Iptables {
+                    ipv6: t.ipv6,
+                    table,
+                    chain: t.chain.get_ref().clone(),
+                    op,
+                })
+            }
+        } else {
+            None
+        };
+
+        // The action's namespaces exist from here on.
+        let mut step = Step {
+            index,
+            name,
+            netns,
+            line,
+            action,
+            timeout,
+            expect: Expect::default(),
+        };
+        for ns in step.creates_netns() {
+            if !known.contains(&ns) {
+                known.push(ns);
+            }
+        }
+
+        if let Some(e) = &raw.expect {
+            let e = e.get_ref();
+            let step_timing = e.probe.as_ref().map(|p| self.timing(timing, p.get_ref()));
+            step.expect.timing = step_timing;
+            if let Some(ping) = &e.ping {
+                step.expect.ping = self.matrix(ping, known);
+            }
+            if let Some(list) = &e.stdout_contains {
+                if !matches!(step.action, Some(Action::Run { .. })) {
+                    if let Some(first) = list.first() {
+                        self.err(
+                            first.span(),
+                            "`stdout_contains` needs a `run` action in the same step",
+                            "no output to look at",
+                            "add it to the step whose `run` prints the output",
+                        );
+                    }
+                }
+                step.expect.stdout_contains = list.iter().map(|s| s.get_ref().clone()).collect();
+            }
+        }
+        if step.action.is_none() && step.expect.is_empty() && present.is_empty() {
+            self.err(
+                raw.name.span(),
+                format!("step `{}` does nothing", step.name),
+                "no action and no expectation",
+                "give it an action (run, netns, bridge, veth, move, link, addr, route, sysctl, iptables) or an `expect`",
+            );
+        }
+        Some(step)
+    }
+
+    fn ifname(&mut self, s: &Spanned<String>) {
+        let n = s.get_ref();
+        if !valid_ifname_like(n) || n.len() > 15 {
+            self.err(
+                s.span(),
+                format!("`{n}` is not a valid interface name"),
+                "here",
+                "at most 15 characters, no `/`, `:` or spaces",
+            );
+        }
+    }
+
+    fn ipnet(&mut self, s: &Spanned<String>, help: &str) -> Option<IpNet> {
+        match s.get_ref().parse::<IpNet>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                let label = if s.get_ref().parse::<IpAddr>().is_ok() {
+                    "missing the prefix length"
+                } else {
+                    "not an address with prefix"
+                };
+                self.err(
+                    s.span(),
+                    format!("`{}` is not a valid address", s.get_ref()),
+                    label,
+                    help,
+                );
+                None
+            }
+        }
+    }
+
+    fn matrix(&mut self, text: &Spanned<String>, known: &[String]) -> Option<Matrix> {
+        let span = text.span();
+        let content = text.get_ref();
+        // Map offsets inside the string to offsets in the file: for a literal written
+        // without escapes the content sits verbatim after the opening quotes.
+        let file = self.problems.text().to_string();
+        let literal = &file[span.clone()];
+        let base = content_offset(literal, content).map(|o| span.start + o);
+        let map = |r: Range<usize>| match base {
+            Some(b) => b + r.start..b + r.end,
+            None => span.clone(),
+        };
+        let parsed = match matrix::parse(content) {
+            Ok(m) => m,
+            Err(e) => {
+                self.err(map(e.range), e.message, "here", &e.help);
+                return None;
+            }
+        };
+        let mut ok = true;
+        let mut destinations = Vec::new();
+        for (label, range) in &parsed.columns {
+            if let Ok(addr) = label.parse::<IpAddr>() {
+                destinations.push(Peer::Addr(addr));
+            } else if known.contains(label) {
+                destinations.push(Peer::Netns(label.clone()));
+            } else {
+                ok = false;
+                self.err(
+                    map(range.clone()),
+                    format!("unknown host `{label}` in the matrix"),
+                    "not a namespace of this scenario",
+                    &format!("a column is `host`, a namespace created by an earlier step ({}), or an address literal", known.join(", ")),
+                );
+            }
+        }
+        let mut sources = Vec::new();
+        let mut cells = Vec::new();
+        for row in &parsed.rows {
+            let (label, range) = &row.label;
+            if !known.contains(label) {
+                ok = false;
+                let help = if label.parse::<IpAddr>().is_ok() {
+                    "a row is a source namespace; address literals can only be destinations"
+                        .to_string()
+                } else {
+                    format!(
+                        "a row is `host` or a namespace created by an earlier step ({})",
+                        known.join(", ")
+                    )
+                };
+                self.err(
+                    map(range.clone()),
+                    format!("unknown source `{label}` in the matrix"),
+                    "not a namespace of this scenario",
+                    &help,
+                );
+            }
+            sources.push(label.clone());
+            cells.push(row.cells.iter().map(|c| c.0).collect());
+        }
+        ok.then_some(Matrix {
+            sources,
+            destinations,
+            cells,
+            span,
+        })
+    }
+}
+
+/// Where `content` starts inside the TOML string literal `literal`, if it is there verbatim.
+fn content_offset(literal: &str, content: &str) -> Option<usize> {
+    for open in ["\"\"\"", "'''", "\"", "'"] {
+        if let Some(rest) = literal.strip_prefix(open) {
+            let mut off = open.len();
+            let rest = if open.len() == 3 {
+                if let Some(r) = rest.strip_prefix("\r\n") {
+                    off += 2;
+                    r
+                } else if let Some(r) = rest.strip_prefix('\n') {
+                    off += 1;
+                    r
+                } else {
+                    rest
+                }
+            } else {
+                rest
+            };
+            return rest.starts_with(content).then_some(off);
+        }
+    }
+    None
+}
+
+fn valid_ifname_like(n: &str) -> bool {
+    !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' || c == '@')
+}

@@ -1,0 +1,173 @@
+//! The raw scenario file, exactly as serde reads it: close to the TOML, every key
+//! spanned so that validation can point at the line. Unknown keys are errors.
+//! Nothing here is checked beyond its TOML type; `validate` builds the typed model.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub scenario: Spanned<RawHeader>,
+    #[serde(default)]
+    pub step: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeader {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub about: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub probe: Option<Spanned<RawTiming>>,
+    /// Default time limit of a `run` step, e.g. "30s".
+    #[serde(default)]
+    pub step_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTiming {
+    pub deadline: Option<Spanned<String>>,
+    pub window: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub name: Spanned<String>,
+    #[serde(rename = "in", default)]
+    pub in_: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+
+    // --- actions: at most one of these ---
+    #[serde(default)]
+    pub run: Option<Spanned<String>>,
+    #[serde(default)]
+    pub netns: Option<Spanned<String>>,
+    #[serde(default)]
+    pub bridge: Option<Spanned<RawBridge>>,
+    #[serde(default)]
+    pub veth: Option<Spanned<RawVeth>>,
+    #[serde(rename = "move", default)]
+    pub move_: Option<Spanned<RawMove>>,
+    #[serde(default)]
+    pub link: Option<Spanned<RawLink>>,
+    #[serde(default)]
+    pub addr: Option<Spanned<RawAddr>>,
+    #[serde(default)]
+    pub route: Option<Spanned<RawRoute>>,
+    #[serde(default)]
+    pub sysctl: Option<Spanned<RawSysctl>>,
+    #[serde(default)]
+    pub iptables: Option<Spanned<RawIptables>>,
+
+    #[serde(default)]
+    pub expect: Option<Spanned<RawExpect>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBridge {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub up: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVeth {
+    pub name: Spanned<String>,
+    pub peer: Spanned<String>,
+    /// Namespace of `name`; the step's `in` when absent.
+    #[serde(default)]
+    pub netns: Option<Spanned<String>>,
+    /// Namespace of `peer`; the step's `in` when absent.
+    #[serde(default)]
+    pub peer_netns: Option<Spanned<String>>,
+    #[serde(default)]
+    pub master: Option<Spanned<String>>,
+    #[serde(default)]
+    pub peer_master: Option<Spanned<String>>,
+    #[serde(default)]
+    pub up: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMove {
+    pub link: Spanned<String>,
+    pub to: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLink {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub state: Option<Spanned<String>>,
+    #[serde(default)]
+    pub master: Option<Spanned<String>>,
+    #[serde(default)]
+    pub nomaster: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAddr {
+    pub dev: Spanned<String>,
+    pub address: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub dst: Spanned<String>,
+    #[serde(default)]
+    pub via: Option<Spanned<String>>,
+    #[serde(default)]
+    pub dev: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSysctl {
+    pub key: Spanned<String>,
+    pub value: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIptables {
+    #[serde(default)]
+    pub table: Option<Spanned<String>>,
+    pub chain: Spanned<String>,
+    /// A rule to append, in `iptables -A CHAIN` syntax (without `-A CHAIN`).
+    #[serde(default)]
+    pub append: Option<Spanned<String>>,
+    /// A rule to insert at the top of the chain.
+    #[serde(default)]
+    pub insert: Option<Spanned<String>>,
+    /// A policy for a built-in chain: ACCEPT or DROP.
+    #[serde(default)]
+    pub policy: Option<Spanned<String>>,
+    /// `ip6tables` instead of `iptables`.
+    #[serde(default)]
+    pub ipv6: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpect {
+    #[serde(default)]
+    pub ping: Option<Spanned<String>>,
+    #[serde(default)]
+    pub stdout_contains: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub probe: Option<Spanned<RawTiming>>,
+}

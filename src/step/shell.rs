@@ -1,0 +1,159 @@
+//! `run` steps: a shell script run verbatim by `bash -e` in a namespace of the
+//! sandbox, stopping at the first failing command. Processes the script leaves
+//! running (`nc -l 8080 &`) live on in the sandbox's PID namespace until teardown.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::sandbox::{Sandbox, SandboxError, WORK_DIR};
+use crate::scenario::HOST;
+
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What a script printed.
+#[derive(Debug, Clone, Default)]
+pub struct ShellOutput {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Why a script failed.
+#[derive(Debug, Clone)]
+pub struct ShellFailure {
+    pub netns: String,
+    /// The command that failed and its line in the script, when bash told us.
+    pub command: Option<(usize, String)>,
+    /// `exit status 1`, `killed after the 60s step timeout`, ...
+    pub status: String,
+    pub output: ShellOutput,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    #[error("failed to write the step script {}", path.display())]
+    WriteScript {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to start bash for the step")]
+    Spawn(#[source] SandboxError),
+    #[error("failed to wait for the step's shell")]
+    Wait(#[source] std::io::Error),
+}
+
+/// Run `script` in namespace `netns`. `Ok(Err(failure))` is a script that ran and failed.
+pub fn run(
+    sandbox: &Sandbox,
+    step: usize,
+    netns: &str,
+    script: &str,
+    timeout: Duration,
+) -> Result<Result<ShellOutput, ShellFailure>, ShellError> {
+    let base = PathBuf::from(WORK_DIR).join(format!("step-{step}"));
+    let file = |ext: &str| base.with_extension(ext);
+    let script_path = file("sh");
+    let failed_path = file("failed");
+    std::fs::write(&script_path, script).map_err(|source| ShellError::WriteScript {
+        path: script_path.clone(),
+        source,
+    })?;
+    let out_path = file("out");
+    let err_path = file("err");
+    let create = |p: &PathBuf| {
+        std::fs::File::create(p).map_err(|source| ShellError::WriteScript {
+            path: p.clone(),
+            source,
+        })
+    };
+    let stdout = create(&out_path)?;
+    let stderr = create(&err_path)?;
+
+    // `-E` lets the ERR trap see failures inside functions; the trap records which
+    // command failed before `-e` ends the shell.
+    let preamble = format!(
+        "set -eE; trap 'printf \"%s\\n%s\" \"$LINENO\" \"$BASH_COMMAND\" > {failed}' ERR; . {script}",
+        failed = failed_path.display(),
+        script = script_path.display(),
+    );
+    let mut cmd = if netns == HOST {
+        Command::new("bash")
+    } else {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", netns, "bash"]);
+        c
+    };
+    cmd.arg("-c")
+        .arg(preamble)
+        .env("PATH", PATH)
+        .env("NETSCENARIO_NETNS", netns)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = sandbox.spawn(cmd).map_err(ShellError::Spawn)?;
+    let pid = Pid::from_raw(child.id() as i32);
+
+    let (tx, rx) = mpsc::channel::<std::io::Result<ExitStatus>>();
+    let status = std::thread::scope(|s| {
+        s.spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r.map(Some),
+            Err(_) => {
+                let _ = killpg(pid, Signal::SIGKILL);
+                rx.recv()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("wait thread died")))
+                    .map(|_| None)
+            }
+        }
+    })
+    .map_err(ShellError::Wait)?;
+
+    let read = |p: &PathBuf| {
+        std::fs::read(p)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    let output = ShellOutput {
+        stdout: read(&out_path),
+        stderr: read(&err_path),
+    };
+    match status {
+        Some(st) if st.success() => Ok(Ok(output)),
+        other => {
+            let status = match other {
+                None => format!("killed after the {}s step timeout", timeout.as_secs_f64()),
+                Some(st) => describe_status(st),
+            };
+            let command = std::fs::read_to_string(&failed_path).ok().and_then(|s| {
+                let (line, cmd) = s.split_once('\n')?;
+                Some((line.trim().parse().ok()?, cmd.to_string()))
+            });
+            Ok(Err(ShellFailure {
+                netns: netns.to_string(),
+                command,
+                status,
+                output,
+            }))
+        }
+    }
+}
+
+fn describe_status(st: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(s) => format!("killed by {s}"),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        _ => "unknown status".into(),
+    }
+}

@@ -1,0 +1,296 @@
+//! Typed actions, done natively: links, addresses and routes over rtnetlink from a
+//! socket opened inside the target namespace, sysctls through that namespace's
+//! `/proc/sys`, namespaces by unshare + bind mount, iptables through the `iptables`
+//! crate (which runs the iptables binary) on a thread inside the namespace.
+//! Each [`Action`] variant documents the command it is equivalent to.
+
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use futures::TryStreamExt;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::sandbox::{Sandbox, SandboxError};
+use crate::scenario::{Action, IptablesOp, MasterChange};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TypedError {
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("failed to open a netlink socket in `{netns}`")]
+    NetlinkSocket {
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to {what} in `{netns}`")]
+    Netlink {
+        what: String,
+        netns: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("failed to find link `{link}` in `{netns}`: no such device")]
+    NoSuchLink { link: String, netns: String },
+    #[error("failed to write sysctl {key} in `{netns}`")]
+    Sysctl {
+        key: String,
+        netns: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The iptables crate returns `Box<dyn Error>` (not `Send`), so its text is kept.
+    #[error("failed to run `{command}` in `{netns}`: {message}")]
+    Iptables {
+        command: String,
+        netns: String,
+        message: String,
+    },
+}
+
+/// Apply one typed action in namespace `netns` (the step's `in`).
+pub async fn apply(sandbox: &Sandbox, netns: &str, action: &Action) -> Result<(), TypedError> {
+    match action {
+        Action::Run { .. } => unreachable!("run steps go to the shell"),
+        Action::Netns { name } => Ok(sandbox.create_netns(name)?),
+        Action::Bridge { name, up } => {
+            let nl = Netlink::open(sandbox, netns)?;
+            let mut b = LinkBridge::new(name);
+            if *up {
+                b = b.up();
+            }
+            nl.check(
+                format!("create bridge {name}"),
+                nl.handle.link().add(b.build()).execute().await,
+            )
+        }
+        Action::Veth {
+            name,
+            peer,
+            netns: end_ns,
+            peer_netns,
+            master,
+            peer_master,
+            up,
+        } => {
+            let nl = Netlink::open(sandbox, netns)?;
+            nl.check(
+                format!("create veth pair {name}/{peer}"),
+                nl.handle
+                    .link()
+                    .add(LinkVeth::new(name, peer).build())
+                    .execute()
+                    .await,
+            )?;
+            for (link, ns, m) in [(name, end_ns, master), (peer, peer_netns, peer_master)] {
+                if ns != netns {
+                    move_link(sandbox, &nl, link, ns).await?;
+                }
+                let there = Netlink::open(sandbox, ns)?;
+                if let Some(m) = m {
+                    there.set_master(link, Some(m)).await?;
+                }
+                if *up {
+                    there.set_up(link, true).await?;
+                }
+            }
+            Ok(())
+        }
+        Action::Move { link, to } => {
+            let nl = Netlink::open(sandbox, netns)?;
+            move_link(sandbox, &nl, link, to).await
+        }
+        Action::Link { name, up, master } => {
+            let nl = Netlink::open(sandbox, netns)?;
+            match master {
+                Some(MasterChange::Set(m)) => nl.set_master(name, Some(m)).await?,
+                Some(MasterChange::Clear) => nl.set_master(name, None).await?,
+                None => {}
+            }
+            if let Some(up) = up {
+                nl.set_up(name, *up).await?;
+            }
+            Ok(())
+        }
+        Action::Addr { dev, address } => {
+            let nl = Netlink::open(sandbox, netns)?;
+            let index = nl.index(dev).await?;
+            nl.check(
+                format!("add address {address} to {dev}"),
+                nl.handle
+                    .address()
+                    .add(index, address.addr(), address.prefix_len())
+                    .execute()
+                    .await,
+            )
+        }
+        Action::Route { dst, via, dev } => {
+            let nl = Netlink::open(sandbox, netns)?;
+            let oif = match dev {
+                Some(d) => Some(nl.index(d).await?),
+                None => None,
+            };
+            let msg = match dst.addr() {
+                IpAddr::V4(a) => {
+                    let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                        .destination_prefix(a, dst.prefix_len());
+                    if let Some(IpAddr::V4(g)) = via {
+                        b = b.gateway(*g);
+                    }
+                    if let Some(i) = oif {
+                        b = b.output_interface(i);
+                    }
+                    b.build()
+                }
+                IpAddr::V6(a) => {
+                    let mut b = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                        .destination_prefix(a, dst.prefix_len());
+                    if let Some(IpAddr::V6(g)) = via {
+                        b = b.gateway(*g);
+                    }
+                    if let Some(i) = oif {
+                        b = b.output_interface(i);
+                    }
+                    b.build()
+                }
+            };
+            nl.check(
+                format!(
+                    "add route {}",
+                    action.equivalent().trim_start_matches("ip route add ")
+                ),
+                nl.handle.route().add(msg).execute().await,
+            )
+        }
+        Action::Sysctl { key, value } => {
+            let path = format!("/proc/sys/{}", key.replace('.', "/"));
+            sandbox
+                .in_netns(netns, || std::fs::write(&path, format!("{value}\n")))?
+                .map_err(|source| TypedError::Sysctl {
+                    key: key.clone(),
+                    netns: netns.into(),
+                    source,
+                })
+        }
+        Action::Iptables {
+            ipv6,
+            table,
+            chain,
+            op,
+        } => {
+            let command = action.equivalent();
+            let result = sandbox.in_netns(netns, || -> Result<(), String> {
+                let ipt = iptables::new(*ipv6).map_err(|e| e.to_string())?;
+                match op {
+                    IptablesOp::Append(rule) => ipt.append(table, chain, rule),
+                    IptablesOp::Insert(rule) => ipt.insert(table, chain, rule, 1),
+                    IptablesOp::Policy(p) => ipt.set_policy(table, chain, p),
+                }
+                .map_err(|e| e.to_string())
+            })?;
+            result.map_err(|message| TypedError::Iptables {
+                command,
+                netns: netns.into(),
+                message: message.trim().to_string(),
+            })
+        }
+    }
+}
+
+async fn move_link(
+    sandbox: &Sandbox,
+    nl: &Netlink,
+    link: &str,
+    to: &str,
+) -> Result<(), TypedError> {
+    let index = nl.index(link).await?;
+    let fd = sandbox.netns_fd(to)?;
+    nl.check(
+        format!("move {link} into namespace {to}"),
+        nl.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .setns_by_fd(fd.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await,
+    )
+}
+
+/// An rtnetlink connection whose socket lives in one namespace of the sandbox.
+pub struct Netlink {
+    pub handle: Handle,
+    pub netns: String,
+}
+
+impl Netlink {
+    /// Open the socket on a thread inside `netns`; the connection is driven by the
+    /// current (sandbox thread's) tokio runtime.
+    pub fn open(sandbox: &Sandbox, netns: &str) -> Result<Netlink, TypedError> {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle, _) = sandbox
+            .in_netns(netns, move || {
+                let _guard = rt.enter();
+                rtnetlink::new_connection()
+            })?
+            .map_err(|source| TypedError::NetlinkSocket {
+                netns: netns.into(),
+                source,
+            })?;
+        tokio::spawn(conn);
+        Ok(Netlink {
+            handle,
+            netns: netns.into(),
+        })
+    }
+
+    fn check(&self, what: String, r: Result<(), rtnetlink::Error>) -> Result<(), TypedError> {
+        r.map_err(|source| TypedError::Netlink {
+            what,
+            netns: self.netns.clone(),
+            source,
+        })
+    }
+
+    /// The index of link `name` in this namespace.
+    pub async fn index(&self, name: &str) -> Result<u32, TypedError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(msg.header.index),
+            Ok(None) | Err(_) => Err(TypedError::NoSuchLink {
+                link: name.into(),
+                netns: self.netns.clone(),
+            }),
+        }
+    }
+
+    async fn set_up(&self, name: &str, up: bool) -> Result<(), TypedError> {
+        let index = self.index(name).await?;
+        let b = LinkUnspec::new_with_index(index);
+        let b = if up { b.up() } else { b.down() };
+        self.check(
+            format!("set {name} {}", if up { "up" } else { "down" }),
+            self.handle.link().set(b.build()).execute().await,
+        )
+    }
+
+    async fn set_master(&self, name: &str, master: Option<&String>) -> Result<(), TypedError> {
+        let index = self.index(name).await?;
+        let b = LinkUnspec::new_with_index(index);
+        let (b, what) = match master {
+            Some(m) => (
+                b.controller(self.index(m).await?),
+                format!("set {name} master {m}"),
+            ),
+            None => (b.nocontroller(), format!("set {name} nomaster")),
+        };
+        self.check(what, self.handle.link().set(b.build()).execute().await)
+    }
+}

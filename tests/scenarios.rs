@@ -1,0 +1,32 @@
+//! One test per scenario file under `scenarios/`: run it for real in a sandbox,
+//! snapshot its report with insta, and fail (printing the report) when any
+//! expectation did not hold. New scenario files are picked up without editing Rust.
+
+use std::path::PathBuf;
+
+use netscenario::{report, FileOutcome};
+use rstest::rstest;
+
+mod common;
+
+#[rstest]
+fn scenario(#[files("scenarios/**/*.toml")] path: PathBuf) {
+    common::require_root();
+    let record = match netscenario::run_file(&path) {
+        FileOutcome::Ran(r) => r,
+        FileOutcome::Invalid(e) => panic!("{:?}", miette::Report::new(e)),
+        FileOutcome::Environment(e) => panic!("{:?}", miette::Report::new(e)),
+    };
+    let text = report::render(&record);
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_snapshot_path("snapshots/scenarios");
+    settings.set_description(format!("report of {}", path.display()));
+    settings.set_omit_expression(true);
+    settings.bind(|| insta::assert_snapshot!(record.name.clone(), text));
+    assert!(
+        record.passed(),
+        "scenario {} did not hold:\n\n{text}",
+        record.name
+    );
+}
