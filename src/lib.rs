@@ -41,3 +41,15 @@ pub fn run_file(path: &Path) -> FileOutcome {
         Err(e) => FileOutcome::Environment(e),
     }
 }
+
+/// An error and its causes on one line: `failed to x: failed to y: os error`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -58,7 +58,7 @@ pub async fn first_global_address(
     if !sandbox.has_netns(netns) {
         return Err(format!("namespace `{netns}` does not exist"));
     }
-    let nl = Netlink::open(sandbox, netns).map_err(|e| e.to_string())?;
+    let nl = Netlink::open(sandbox, netns).map_err(|e| crate::error_chain(&e))?;
     let mut stream = nl.handle.address().get().execute();
     let want = if v6 {
         AddressFamily::Inet6
@@ -169,8 +169,8 @@ fn probe_row(
     }
     let result = sandbox
         .in_netns(src, || icmp::probe(&cells, timing))
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        .map_err(|e| crate::error_chain(&e))
+        .and_then(|r| r.map_err(|e| crate::error_chain(&e)));
     match result {
         Ok(outcomes) => {
             for (slot, o) in slots.into_iter().zip(outcomes) {

@@ -11,6 +11,7 @@ use std::path::Path;
 pub use events::Event;
 pub use record::*;
 
+use crate::error_chain;
 use crate::probe::reach;
 use crate::sandbox::{self, Sandbox, SandboxError};
 use crate::scenario::{Action, Scenario, Step};
@@ -233,16 +234,4 @@ async fn check(
         }
     }
     checks
-}
-
-/// `error: cause: cause` on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
