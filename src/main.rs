@@ -47,6 +47,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = miette::set_hook(Box::new(|_| {
+        Box::new(miette::MietteHandlerOpts::new().width(110).build())
+    }));
     let code = match cli.command {
         Command::Run { paths, out, quiet } => run(&paths, &out, quiet),
         Command::Check { paths } => check(&paths).0,

@@ -28,7 +28,10 @@ fn unknown_host_points_at_the_column() {
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
     assert!(e.contains("unknown host `ns3` in the matrix"), "{e}");
-    assert!(e.contains("tests/fixtures/invalid/unknown-host.toml:10:"), "{e}");
+    assert!(
+        e.contains("tests/fixtures/invalid/unknown-host.toml:11:"),
+        "{e}"
+    );
     assert!(e.contains("help:"), "{e}");
 }
 
@@ -55,7 +58,10 @@ fn bad_address_is_an_error() {
     let o = netscenario(&["check", "tests/fixtures/invalid/bad-address.toml"]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("`192.168.1.300/24` is not a valid address"), "{e}");
+    assert!(
+        e.contains("`192.168.1.300/24` is not a valid address"),
+        "{e}"
+    );
     assert!(e.contains("bad-address.toml:11:"), "{e}");
 }
 
@@ -71,9 +77,19 @@ fn invalid_scenario_creates_nothing() {
 #[test]
 fn failed_expectation_exits_1_and_passing_run_exits_0() {
     common::require_root();
-    let o = netscenario(&["run", "--out", "target/netscenario-test", "tests/fixtures/failing-step.toml"]);
+    let o = netscenario(&[
+        "run",
+        "--out",
+        "target/netscenario-test",
+        "tests/fixtures/failing-step.toml",
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    let o = netscenario(&["run", "--out", "target/netscenario-test", "tests/fixtures/leaves-processes.toml"]);
+    let o = netscenario(&[
+        "run",
+        "--out",
+        "target/netscenario-test",
+        "tests/fixtures/leaves-processes.toml",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("1 passed, 0 failed"), "{out}");

@@ -12,6 +12,11 @@ mod common;
 #[rstest]
 fn scenario(#[files("scenarios/**/*.toml")] path: PathBuf) {
     common::require_root();
+    // Relative to the crate, so that snapshots do not depend on where it is cloned.
+    let path = path
+        .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+        .map(|p| p.to_path_buf())
+        .unwrap_or(path);
     let record = match netscenario::run_file(&path) {
         FileOutcome::Ran(r) => r,
         FileOutcome::Invalid(e) => panic!("{:?}", miette::Report::new(e)),
@@ -21,7 +26,6 @@ fn scenario(#[files("scenarios/**/*.toml")] path: PathBuf) {
     let mut settings = insta::Settings::clone_current();
     settings.set_prepend_module_to_snapshot(false);
     settings.set_snapshot_path("snapshots/scenarios");
-    settings.set_description(format!("report of {}", path.display()));
     settings.set_omit_expression(true);
     settings.bind(|| insta::assert_snapshot!(record.name.clone(), text));
     assert!(

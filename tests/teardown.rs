@@ -30,9 +30,11 @@ fn run_leaves_no_process_link_mount_or_rule() {
     };
     assert!(record.passed(), "{}", report::render(&record));
     // The sandbox's PID 1 is gone when run_file returns; its processes die with it.
-    wait_until("the fixture's sleeps are gone", Duration::from_secs(5), || {
-        processes_with("3600.4242").is_empty()
-    });
+    wait_until(
+        "the fixture's sleeps are gone",
+        Duration::from_secs(5),
+        || processes_with("3600.4242").is_empty(),
+    );
     assert_eq!(before, machine_state());
 }
 
@@ -40,19 +42,29 @@ fn run_leaves_no_process_link_mount_or_rule() {
 fn failing_step_is_reported_and_cleaned_up() {
     common::require_root();
     let before = machine_state();
-    let FileOutcome::Ran(record) = netscenario::run_file(Path::new("tests/fixtures/failing-step.toml")) else {
+    let FileOutcome::Ran(record) =
+        netscenario::run_file(Path::new("tests/fixtures/failing-step.toml"))
+    else {
         panic!("fixture did not run")
     };
     assert!(!record.passed());
     let text = report::render(&record);
-    assert!(text.contains("command:   ip link set nosuchlink up   (script line 3)"), "{text}");
+    assert!(
+        text.contains("command:   ip link set nosuchlink up   (script line 3)"),
+        "{text}"
+    );
     assert!(text.contains("status:    exit status 1"), "{text}");
     assert!(text.contains("Cannot find device \"nosuchlink\""), "{text}");
     assert!(!text.contains("| never reached"), "{text}");
-    assert!(text.contains("step 2 [host] never runs ... not run"), "{text}");
-    wait_until("the fixture's sleep is gone", Duration::from_secs(5), || {
-        processes_with("3600.6161").is_empty()
-    });
+    assert!(
+        text.contains("step 2 [host] never runs ... not run"),
+        "{text}"
+    );
+    wait_until(
+        "the fixture's sleep is gone",
+        Duration::from_secs(5),
+        || processes_with("3600.6161").is_empty(),
+    );
     assert_eq!(before, machine_state());
 }
 
@@ -63,7 +75,10 @@ fn panic_inside_the_sandbox_still_tears_down() {
     let result = std::panic::catch_unwind(|| {
         sandbox::run(|sb| {
             let mut cmd = Command::new("bash");
-            cmd.args(["-c", "ip link add brpanic type bridge; sleep 3600.7171 & ip netns add p1"]);
+            cmd.args([
+                "-c",
+                "ip link add brpanic type bridge; sleep 3600.7171 & ip netns add p1",
+            ]);
             sb.spawn(cmd).unwrap().wait().unwrap();
             panic!("the runner panics");
         })
@@ -80,24 +95,33 @@ fn sigkill_of_the_runner_mid_step_leaves_nothing() {
     common::require_root();
     let before = machine_state();
     let mut child = Command::new(env!("CARGO_BIN_EXE_netscenario"))
-        .args(["run", "--out", "target/netscenario-test", "tests/fixtures/sleeps.toml"])
+        .args([
+            "run",
+            "--out",
+            "target/netscenario-test",
+            "tests/fixtures/sleeps.toml",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     // Both sleeps running means step 2 is under way.
-    wait_until("the fixture reaches its second step", Duration::from_secs(20), || {
-        processes_with("3600.5151").len() >= 2
-    });
+    wait_until(
+        "the fixture reaches its second step",
+        Duration::from_secs(20),
+        || processes_with("3600.5151").len() >= 2,
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
     child.wait().unwrap();
-    wait_until("every process of the killed run is gone", Duration::from_secs(5), || {
-        processes_with("3600.5151").is_empty()
-    });
+    wait_until(
+        "every process of the killed run is gone",
+        Duration::from_secs(5),
+        || processes_with("3600.5151").is_empty(),
+    );
     assert_eq!(before, machine_state());
 }
 
@@ -127,5 +151,8 @@ fn two_sandboxes_do_not_see_each_other() {
     let (oa, ob) = (out(&ra), out(&rb));
     assert!(oa.contains("only_a") && !oa.contains("only_b"), "{oa}");
     assert!(ob.contains("only_b") && !ob.contains("only_a"), "{ob}");
-    assert!(!oa.contains("eth0"), "the sandbox sees the machine's links: {oa}");
+    assert!(
+        !oa.contains("eth0"),
+        "the sandbox sees the machine's links: {oa}"
+    );
 }

@@ -26,7 +26,7 @@ pub enum ScenarioError {
 /// A scenario file with one or more problems; the first is shown with its source,
 /// the others as related diagnostics.
 #[derive(Debug, thiserror::Error, Diagnostic)]
-#[error("invalid scenario {}: {}", path.display(), first.message)]
+#[error("{}", first.message)]
 #[diagnostic(code(netscenario::invalid))]
 pub struct InvalidScenario {
     pub path: PathBuf,

@@ -525,7 +525,7 @@ impl Validator<'_> {
                 step.expect.stdout_contains = list.iter().map(|s| s.get_ref().clone()).collect();
             }
         }
-        if step.action.is_none() && step.expect.is_empty() && present.is_empty() {
+        if step.action.is_none() && raw.expect.is_none() && present.is_empty() {
             self.err(
                 raw.name.span(),
                 format!("step `{}` does nothing", step.name),
