@@ -1,6 +1,8 @@
 //! Reachability probes sent natively from inside the source namespace.
 
+pub mod firewall;
+pub mod fwstate;
 pub mod icmp;
 pub mod outcome;
 pub mod reach;
-// pub mod transport; (being written)
+pub mod transport;

@@ -8,11 +8,52 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressScope};
 use rtnetlink::packet_route::AddressFamily;
 
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rtnetlink::packet_route::address::AddressFlags;
+
 use super::icmp::{self, IcmpCell};
 use super::outcome::{CellKind, ProbeOutcome, ProbeTiming};
+use super::transport::{self, Listener, Transport, TransportCell};
 use crate::sandbox::Sandbox;
-use crate::scenario::{Matrix, Peer};
+use crate::scenario::{Matrix, Peer, L4};
 use crate::step::typed::Netlink;
+
+/// What a matrix probes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    Ping {
+        v6: bool,
+    },
+    Port {
+        proto: L4,
+        port: u16,
+        v6: bool,
+        runner_listens: bool,
+    },
+}
+
+impl ProbeKind {
+    pub fn v6(self) -> bool {
+        match self {
+            ProbeKind::Ping { v6 } | ProbeKind::Port { v6, .. } => v6,
+        }
+    }
+
+    /// `ping`, `ping6`, `tcp/22`, `udp6/53`.
+    pub fn label(self) -> String {
+        match self {
+            ProbeKind::Ping { v6: false } => "ping".into(),
+            ProbeKind::Ping { v6: true } => "ping6".into(),
+            ProbeKind::Port {
+                proto, port, v6, ..
+            } => {
+                format!("{}{}/{port}", proto.name(), if v6 { "6" } else { "" })
+            }
+        }
+    }
+}
 
 /// One cell: what was expected and what was seen (`None` for `-`, not probed).
 #[derive(Debug, Clone, PartialEq)]
@@ -34,18 +75,98 @@ impl ObservedCell {
 /// The observed matrix, with the address each column was resolved to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObservedMatrix {
-    pub protocol: &'static str,
+    pub kind: ProbeKind,
     pub sources: Vec<String>,
     pub destinations: Vec<Peer>,
     /// The address each column targeted, or why it had none.
     pub targets: Vec<Result<IpAddr, String>>,
     pub cells: Vec<Vec<ObservedCell>>,
+    /// What went wrong around the probes (a listener that could not bind, ...).
+    pub problems: Vec<String>,
+    /// Set by the runner: why each mismatched cell came out as it did.
+    pub explanations: Vec<Explanation>,
+}
+
+/// Why one cell came out as it did: it was probed again on its own and these
+/// counters moved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub row: usize,
+    pub col: usize,
+    pub reprobe: Option<ProbeOutcome>,
+    pub moved: Vec<super::fwstate::Moved>,
+    pub notes: Vec<String>,
 }
 
 impl ObservedMatrix {
     pub fn mismatches(&self) -> usize {
-        self.cells.iter().flatten().filter(|c| !c.matches()).count()
+        self.cells.iter().flatten().filter(|c| !c.matches()).count() + self.problems.len()
     }
+
+    /// (row, col) of every cell that did not come out as expected.
+    pub fn mismatched_cells(&self) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (i, row) in self.cells.iter().enumerate() {
+            for (j, c) in row.iter().enumerate() {
+                if !c.matches() {
+                    out.push((i, j));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Wait until no address in `namespaces` is tentative (IPv6 duplicate address
+/// detection still running), polling netlink, up to `deadline`. Returns the
+/// addresses still tentative at the deadline.
+pub async fn wait_dad(sandbox: &Sandbox, namespaces: &[String], deadline: Duration) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let mut tentative = Vec::new();
+        for ns in namespaces.iter().filter(|n| sandbox.has_netns(n)) {
+            let Ok(nl) = Netlink::open(sandbox, ns) else {
+                continue;
+            };
+            let mut stream = nl.handle.address().get().execute();
+            while let Ok(Some(msg)) = stream.try_next().await {
+                let flags = msg.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Flags(f) => Some(*f),
+                    _ => None,
+                });
+                if flags.is_some_and(|f| f.contains(AddressFlags::Tentative)) {
+                    let addr = msg.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    });
+                    tentative.push(format!(
+                        "{ns}: {}",
+                        addr.map_or("?".into(), |a| a.to_string())
+                    ));
+                }
+            }
+        }
+        if tentative.is_empty() || start.elapsed() >= deadline {
+            return tentative;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The namespace among `namespaces` that has address `addr` now.
+pub async fn owner_of(sandbox: &Sandbox, namespaces: &[String], addr: IpAddr) -> Option<String> {
+    for ns in namespaces.iter().filter(|n| sandbox.has_netns(n)) {
+        let Ok(nl) = Netlink::open(sandbox, ns) else {
+            continue;
+        };
+        let mut stream = nl.handle.address().get().execute();
+        while let Ok(Some(msg)) = stream.try_next().await {
+            if msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Local(ip) | AddressAttribute::Address(ip) if *ip == addr)) {
+                return Some(ns.clone());
+            }
+        }
+    }
+    None
 }
 
 /// First address of `family` with global scope in namespace `netns`, in the order the
@@ -84,13 +205,12 @@ pub async fn first_global_address(
     Ok(None)
 }
 
-/// Probe `matrix` over ICMP echo (IPv4 or IPv6 by `v6`).
-pub async fn check_ping(
+/// Resolve each column of `matrix` to the address it targets now.
+pub async fn resolve_targets(
     sandbox: &Sandbox,
     matrix: &Matrix,
-    timing: &ProbeTiming,
     v6: bool,
-) -> ObservedMatrix {
+) -> Vec<Result<IpAddr, String>> {
     let mut targets = Vec::new();
     for d in &matrix.destinations {
         targets.push(match d {
@@ -105,6 +225,55 @@ pub async fn check_ping(
             },
         });
     }
+    targets
+}
+
+/// Probe every cell of `matrix` at once. `namespaces` are the scenario's, to find who
+/// owns an address column when the runner must listen there.
+pub async fn check(
+    sandbox: &Sandbox,
+    matrix: &Matrix,
+    kind: ProbeKind,
+    timing: &ProbeTiming,
+    namespaces: &[String],
+) -> ObservedMatrix {
+    let mut problems = Vec::new();
+    if kind.v6() {
+        let left = wait_dad(sandbox, namespaces, Duration::from_secs(5)).await;
+        if !left.is_empty() {
+            problems.push(format!(
+                "addresses still tentative (DAD) after 5s: {}",
+                left.join(", ")
+            ));
+        }
+    }
+    let targets = resolve_targets(sandbox, matrix, kind.v6()).await;
+
+    // The runner's listeners, one per (namespace, address), for as long as the probe runs.
+    let mut listeners: Vec<Listener> = Vec::new();
+    if let ProbeKind::Port {
+        runner_listens: true,
+        ..
+    } = kind
+    {
+        let mut bound: Vec<IpAddr> = Vec::new();
+        for (d, t) in matrix.destinations.iter().zip(&targets) {
+            let Ok(addr) = t else { continue };
+            if bound.contains(addr) {
+                continue;
+            }
+            bound.push(*addr);
+            let owner = match d {
+                Peer::Netns(n) => Some(n.clone()),
+                Peer::Addr(_) => None,
+            };
+            match listen_at(sandbox, owner, namespaces, *addr, kind).await {
+                Ok(Some(l)) => listeners.push(l),
+                Ok(None) => {}
+                Err(e) => problems.push(e),
+            }
+        }
+    }
 
     let rows: Vec<Vec<ObservedCell>> = std::thread::scope(|s| {
         let handles: Vec<_> = matrix
@@ -113,7 +282,7 @@ pub async fn check_ping(
             .zip(&matrix.cells)
             .map(|(src, expected)| {
                 let targets = &targets;
-                s.spawn(move || probe_row(sandbox, src, expected, targets, timing))
+                s.spawn(move || probe_row(sandbox, src, expected, targets, kind, timing))
             })
             .collect();
         handles
@@ -121,14 +290,102 @@ pub async fn check_ping(
             .map(|h| h.join().expect("probe thread panicked"))
             .collect()
     });
+    for l in listeners {
+        if let Err(e) = l.stop() {
+            problems.push(format!(
+                "failed to stop a listener: {}",
+                crate::error_chain(&e)
+            ));
+        }
+    }
 
     ObservedMatrix {
-        protocol: if v6 { "ping6" } else { "ping" },
+        kind,
         sources: matrix.sources.clone(),
         destinations: matrix.destinations.clone(),
         targets,
         cells: rows,
+        problems,
+        explanations: Vec::new(),
     }
+}
+
+/// Start the runner's listener for `kind` on `addr` in namespace `owner` (or in the
+/// namespace that has `addr`, when `owner` is None). `Ok(None)`: no namespace of the
+/// scenario has that address, so nobody listens.
+pub async fn listen_at(
+    sandbox: &Sandbox,
+    owner: Option<String>,
+    namespaces: &[String],
+    addr: IpAddr,
+    kind: ProbeKind,
+) -> Result<Option<Listener>, String> {
+    let ProbeKind::Port { proto, port, .. } = kind else {
+        return Ok(None);
+    };
+    let owner = match owner {
+        Some(o) => o,
+        None => match owner_of(sandbox, namespaces, addr).await {
+            Some(o) => o,
+            None => return Ok(None),
+        },
+    };
+    let sa = SocketAddr::new(addr, port);
+    let t = transport_of(proto);
+    match sandbox.in_netns(&owner, || Listener::bind(&[(t, sa)])) {
+        Ok(Ok(l)) => Ok(Some(l)),
+        Ok(Err(e)) => Err(format!(
+            "the runner could not listen on {sa} in `{owner}`: {} (if the scenario runs its own service there, say listener = \"scenario\")",
+            crate::error_chain(&e)
+        )),
+        Err(e) => Err(crate::error_chain(&e)),
+    }
+}
+
+fn transport_of(proto: L4) -> Transport {
+    match proto {
+        L4::Tcp => Transport::Tcp,
+        L4::Udp => Transport::Udp,
+    }
+}
+
+/// Probe a set of cells from `src` (all to run at once); one outcome per cell.
+pub fn probe_cells(
+    sandbox: &Sandbox,
+    src: &str,
+    dsts: &[(IpAddr, bool)],
+    kind: ProbeKind,
+    timing: &ProbeTiming,
+) -> Result<Vec<ProbeOutcome>, String> {
+    let run = || -> Result<Vec<ProbeOutcome>, String> {
+        match kind {
+            ProbeKind::Ping { .. } => {
+                let cells: Vec<IcmpCell> = dsts
+                    .iter()
+                    .map(|(dst, expect_ok)| IcmpCell {
+                        dst: *dst,
+                        expect_ok: *expect_ok,
+                    })
+                    .collect();
+                icmp::probe(&cells, timing).map_err(|e| crate::error_chain(&e))
+            }
+            ProbeKind::Port { proto, port, .. } => {
+                let cells: Vec<TransportCell> = dsts
+                    .iter()
+                    .map(|(dst, expect_ok)| TransportCell {
+                        dst: SocketAddr::new(*dst, port),
+                        proto: transport_of(proto),
+                        expect_ok: *expect_ok,
+                    })
+                    .collect();
+                transport::probe(&cells, timing).map_err(|e| crate::error_chain(&e))
+            }
+        }
+    };
+    sandbox
+        .in_netns(src, run)
+        .map_err(|e| crate::error_chain(&e))
+        .and_then(|r| r)
 }
 
 fn probe_row(
@@ -136,6 +393,7 @@ fn probe_row(
     src: &str,
     expected: &[Option<CellKind>],
     targets: &[Result<IpAddr, String>],
+    kind: ProbeKind,
     timing: &ProbeTiming,
 ) -> Vec<ObservedCell> {
     let mut out: Vec<ObservedCell> = expected
@@ -151,10 +409,7 @@ fn probe_row(
         let Some(e) = e else { continue };
         match t {
             Ok(dst) => {
-                cells.push(IcmpCell {
-                    dst: *dst,
-                    expect_ok: *e == CellKind::Ok,
-                });
+                cells.push((*dst, *e == CellKind::Ok));
                 slots.push(i);
             }
             Err(why) => {
@@ -167,11 +422,7 @@ fn probe_row(
     if cells.is_empty() {
         return out;
     }
-    let result = sandbox
-        .in_netns(src, || icmp::probe(&cells, timing))
-        .map_err(|e| crate::error_chain(&e))
-        .and_then(|r| r.map_err(|e| crate::error_chain(&e)));
-    match result {
+    match probe_cells(sandbox, src, &cells, kind, timing) {
         Ok(outcomes) => {
             for (slot, o) in slots.into_iter().zip(outcomes) {
                 out[slot].observed = Some(o);

@@ -5,8 +5,9 @@
 use std::fmt::Write;
 
 use super::redact;
+use crate::probe::fwstate::FirewallSnapshot;
 use crate::probe::reach::ObservedMatrix;
-use crate::runner::{ActionOutcome, ActionText, Check, RunRecord, StepRecord};
+use crate::runner::{ActionOutcome, ActionText, Check, FirewallCheck, RunRecord, StepRecord};
 
 /// The whole report of a run.
 pub fn render(record: &RunRecord) -> String {
@@ -115,6 +116,7 @@ pub fn render_step(step: &StepRecord) -> String {
     for check in &step.checks {
         match check {
             Check::Matrix(m) => s.push_str(&render_matrix(m)),
+            Check::Firewall(f) => s.push_str(&render_firewall_check(f)),
             Check::Stdout { needle, found } => {
                 let _ = writeln!(
                     s,
@@ -124,6 +126,9 @@ pub fn render_step(step: &StepRecord) -> String {
                 );
             }
         }
+    }
+    if let Some(fw) = &step.firewall {
+        s.push_str(&render_firewall(fw));
     }
     s
 }
@@ -137,7 +142,7 @@ pub fn render_matrix(m: &ObservedMatrix) -> String {
     } else {
         format!("{mismatches} cell(s) differ")
     };
-    let _ = writeln!(s, "  expect {}: {}", m.protocol, verdict);
+    let _ = writeln!(s, "  expect {}: {}", m.kind.label(), verdict);
     let targets: Vec<String> = m
         .destinations
         .iter()
@@ -244,6 +249,97 @@ pub fn render_matrix(m: &ObservedMatrix) -> String {
             }
             let _ = writeln!(s, "{line}");
         }
+    }
+    for p in &m.problems {
+        let _ = writeln!(s, "    * problem: {p}");
+    }
+    for e in &m.explanations {
+        let dst = match &m.targets[e.col] {
+            Ok(a) if labels[e.col] != a.to_string() => format!("{} ({a})", labels[e.col]),
+            _ => labels[e.col].clone(),
+        };
+        let again = e
+            .reprobe
+            .as_ref()
+            .map_or("-".to_string(), |o| o.kind().word().to_string());
+        let _ = writeln!(
+            s,
+            "    why {} -> {dst}: probed again alone (one packet): {again}",
+            m.sources[e.row]
+        );
+        if e.moved.is_empty() && e.notes.is_empty() {
+            let _ = writeln!(s, "      no rule or policy counted it");
+        }
+        for mv in &e.moved {
+            let _ = writeln!(s, "      {mv}");
+        }
+        for n in &e.notes {
+            let _ = writeln!(s, "      {n}");
+        }
+    }
+    s
+}
+
+/// One firewall expectation: each item, and what was there when it did not hold.
+pub fn render_firewall_check(f: &FirewallCheck) -> String {
+    let mut s = String::new();
+    let failed = f.items.iter().filter(|i| !i.ok).count();
+    let verdict = if failed == 0 {
+        "holds".to_string()
+    } else {
+        format!("{failed} item(s) differ")
+    };
+    let _ = writeln!(s, "  expect {}: {verdict}", f.label);
+    for i in &f.items {
+        if i.ok {
+            let _ = writeln!(s, "    {} ... yes", i.what);
+        } else {
+            let _ = writeln!(s, "    {} ... NO*", i.what);
+            if let Some(o) = &i.observed {
+                let _ = writeln!(s, "      observed: {o}");
+            }
+        }
+    }
+    s
+}
+
+/// Every namespace's firewall state, normalized: rule order kept, counters out.
+/// Tables in their default state (no rules, policies ACCEPT) are summed up in one line.
+pub fn render_firewall(fw: &FirewallSnapshot) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "  firewall:");
+    let mut quiet: Vec<String> = Vec::new();
+    for ns in &fw.namespaces {
+        let mut shown = false;
+        for t in &ns.iptables {
+            if t.is_default() {
+                continue;
+            }
+            shown = true;
+            let _ = writeln!(s, "    {} {} -t {}", ns.netns, t.command(), t.table);
+            for e in &t.entries {
+                let _ = writeln!(s, "      {}", e.line);
+            }
+        }
+        if let Some(n) = &ns.nft {
+            if !n.text.trim().is_empty() {
+                shown = true;
+                let _ = writeln!(s, "    {} nft list ruleset", ns.netns);
+                for l in n.text.lines() {
+                    let _ = writeln!(s, "      {}", l.replace('\t', "  "));
+                }
+            }
+        }
+        for e in &ns.errors {
+            shown = true;
+            let _ = writeln!(s, "    {}: error: {e}", ns.netns);
+        }
+        if !shown {
+            quiet.push(ns.netns.clone());
+        }
+    }
+    if !quiet.is_empty() {
+        let _ = writeln!(s, "    {}: no rules, every policy ACCEPT", quiet.join(", "));
     }
     s
 }

@@ -3,6 +3,7 @@
 //! mismatch does not stop the run; a failing action does. Emits [`Event`]s, returns a
 //! [`RunRecord`]; never prints.
 
+mod checkpoint;
 pub mod events;
 pub mod record;
 
@@ -12,7 +13,6 @@ pub use events::Event;
 pub use record::*;
 
 use crate::error_chain;
-use crate::probe::reach;
 use crate::sandbox::{self, Sandbox, SandboxError};
 use crate::scenario::{Action, Scenario, Step};
 use crate::step::{shell, typed};
@@ -65,7 +65,7 @@ pub fn preflight<'a>(scenarios: impl IntoIterator<Item = &'a Scenario>) -> Resul
         for step in &sc.steps {
             match &step.action {
                 Some(Action::Run { script }) => {
-                    for word in script.split(|c: char| c.is_whitespace() || ";&|()`$".contains(c)) {
+                    for word in commands_of(script) {
                         if let Some((t, _)) = TOOLS.iter().find(|(t, _)| *t == word) {
                             if !needed.contains(t) {
                                 needed.push(t);
@@ -102,6 +102,42 @@ pub fn preflight<'a>(scenarios: impl IntoIterator<Item = &'a Scenario>) -> Resul
     } else {
         Err(EnvError::MissingTools(missing))
     }
+}
+
+/// The commands a script runs: the first word of each simple command, looking
+/// through `sudo`, `setsid`, `nohup`, `exec`, `ip netns exec NS` and variable
+/// assignments. A heuristic for preflight, not a shell parser.
+pub fn commands_of(script: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in script.lines() {
+        let line = line.split('#').next().unwrap_or("");
+        for seg in line.split([';', '|', '&', '(', ')']) {
+            let words: Vec<&str> = seg.split_whitespace().collect();
+            let mut i = 0;
+            while i < words.len() {
+                let w = words[i];
+                if w.contains('=')
+                    || [
+                        "sudo", "setsid", "nohup", "exec", "time", "then", "do", "else", "!",
+                    ]
+                    .contains(&w)
+                {
+                    i += 1;
+                    continue;
+                }
+                out.push(w.to_string());
+                if w == "ip"
+                    && words.get(i + 1) == Some(&"netns")
+                    && words.get(i + 2) == Some(&"exec")
+                {
+                    i += 4;
+                    continue;
+                }
+                break;
+            }
+        }
+    }
+    out
 }
 
 fn on_path(tool: &str) -> bool {
@@ -145,6 +181,7 @@ fn run_in(
         steps: Vec::new(),
     };
     let mut stopped = false;
+    let mut state = checkpoint::CheckpointState::new(scenario);
     for step in &scenario.steps {
         let action = match &step.action {
             None => ActionText::None,
@@ -159,6 +196,7 @@ fn run_in(
             action,
             outcome: ActionOutcome::NotRun,
             checks: Vec::new(),
+            firewall: None,
         };
         if stopped {
             record.steps.push(rec);
@@ -169,7 +207,11 @@ fn run_in(
         if rec.failed() {
             stopped = true;
         } else {
-            rec.checks = rt.block_on(check(sb, scenario, step, &rec.outcome));
+            let (mut checks, firewall) =
+                rt.block_on(checkpoint::run(sb, scenario, step, &mut state));
+            checks.extend(stdout_checks(step, &rec.outcome));
+            rec.checks = checks;
+            rec.firewall = firewall;
         }
         sink(Event::StepFinished { record: &rec });
         record.steps.push(rec);
@@ -208,30 +250,33 @@ async fn run_action(sb: &Sandbox, scenario: &Scenario, step: &Step) -> ActionOut
     }
 }
 
-async fn check(
-    sb: &Sandbox,
-    scenario: &Scenario,
-    step: &Step,
-    outcome: &ActionOutcome,
-) -> Vec<Check> {
-    let mut checks = Vec::new();
-    let timing = step.expect.timing.unwrap_or(scenario.timing);
-    if let Some(m) = &step.expect.ping {
-        checks.push(Check::Matrix(
-            reach::check_ping(sb, m, &timing, false).await,
-        ));
+fn stdout_checks(step: &Step, outcome: &ActionOutcome) -> Vec<Check> {
+    let stdout = match outcome {
+        ActionOutcome::Done { output: Some(o) } => o.stdout.as_str(),
+        _ => "",
+    };
+    step.expect
+        .stdout_contains
+        .iter()
+        .map(|needle| Check::Stdout {
+            needle: needle.clone(),
+            found: stdout.contains(needle.as_str()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::commands_of;
+
+    #[test]
+    fn finds_commands_not_arguments() {
+        let cmds = commands_of(
+            "iptables -A INPUT -m conntrack --ctstate NEW -j ACCEPT\nip netns exec ns1 ping -c1 10.0.0.1 && brctl show | grep br0\nX=1 sudo ifconfig lo up # nft\nsleep 5 &\n",
+        );
+        assert_eq!(
+            cmds,
+            ["iptables", "ip", "ping", "brctl", "grep", "ifconfig", "sleep"]
+        );
     }
-    if !step.expect.stdout_contains.is_empty() {
-        let stdout = match outcome {
-            ActionOutcome::Done { output: Some(o) } => o.stdout.as_str(),
-            _ => "",
-        };
-        for needle in &step.expect.stdout_contains {
-            checks.push(Check::Stdout {
-                needle: needle.clone(),
-                found: stdout.contains(needle.as_str()),
-            });
-        }
-    }
-    checks
 }

@@ -1,5 +1,6 @@
 //! What a run observed, step by step: the input of the reporter.
 
+use crate::probe::fwstate::FirewallSnapshot;
 use crate::probe::reach::ObservedMatrix;
 use crate::step::shell::{ShellFailure, ShellOutput};
 
@@ -23,6 +24,8 @@ pub struct StepRecord {
     pub action: ActionText,
     pub outcome: ActionOutcome,
     pub checks: Vec<Check>,
+    /// Firewall state of every namespace at this checkpoint (after its probes).
+    pub firewall: Option<FirewallSnapshot>,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +53,24 @@ pub enum ActionOutcome {
 pub enum Check {
     Matrix(ObservedMatrix),
     Stdout { needle: String, found: bool },
+    Firewall(FirewallCheck),
+}
+
+/// The result of one `expect.iptables` or `expect.nft` table.
+#[derive(Debug, Clone)]
+pub struct FirewallCheck {
+    /// `iptables filter in host`, `nft in ns1`.
+    pub label: String,
+    pub items: Vec<FirewallItem>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FirewallItem {
+    /// `policy FORWARD DROP`, `present -A ...`, `count -P FORWARD >0`.
+    pub what: String,
+    pub ok: bool,
+    /// What was there instead, shown when the item fails.
+    pub observed: Option<String>,
 }
 
 impl Check {
@@ -57,6 +78,7 @@ impl Check {
         match self {
             Check::Matrix(m) => m.mismatches() == 0,
             Check::Stdout { found, .. } => *found,
+            Check::Firewall(f) => f.items.iter().all(|i| i.ok),
         }
     }
 }

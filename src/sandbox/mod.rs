@@ -91,6 +91,8 @@ type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 /// Handle to a live sandbox, usable on the sandbox thread and the threads it spawns.
 pub struct Sandbox {
     host: OwnedFd,
+    /// Things that live as long as the sandbox (the runner's own services).
+    kept: std::sync::Mutex<Vec<Box<dyn Send>>>,
     reaper: Pid,
     spawn_tx: Option<mpsc::Sender<SpawnRequest>>,
     spawner: Option<thread::JoinHandle<()>>,
@@ -191,6 +193,7 @@ impl Sandbox {
         };
         Ok(Sandbox {
             host,
+            kept: std::sync::Mutex::new(Vec::new()),
             reaper,
             spawn_tx: Some(spawn_tx),
             spawner: Some(spawner),
@@ -282,6 +285,14 @@ impl Sandbox {
             .map_err(SandboxError::Spawn)
     }
 
+    /// Keep `thing` alive until the sandbox is torn down.
+    pub fn keep(&self, thing: Box<dyn Send>) {
+        self.kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(thing);
+    }
+
     /// Kill every process the scenario started, now.
     pub fn kill_all(&self) {
         let _ = kill(self.reaper, Signal::SIGKILL);
@@ -290,6 +301,7 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.kill_all();
         let _ = waitpid(self.reaper, None);
         drop(self.spawn_tx.take());

@@ -11,7 +11,10 @@ use toml::Spanned;
 
 use super::error::{Problems, ScenarioError};
 use super::matrix;
-use super::model::{Action, Expect, IptablesOp, MasterChange, Matrix, Peer, Scenario, Step, HOST};
+use super::model::{
+    Action, CountCmp, Expect, IptablesExpect, IptablesOp, MasterChange, Matrix, NftExpect, Peer,
+    PortMatrix, Scenario, Step, HOST, L4,
+};
 use super::raw::{RawFile, RawStep, RawTiming};
 use crate::probe::outcome::ProbeTiming;
 
@@ -247,6 +250,7 @@ impl Validator<'_> {
         note!(route, "route");
         note!(sysctl, "sysctl");
         note!(iptables, "iptables");
+        note!(listen, "listen");
         if present.len() > 1 {
             let (first, _) = &present[0];
             let (second, span) = &present[1];
@@ -484,6 +488,42 @@ impl Validator<'_> {
                     op,
                 })
             }
+        } else if let Some(l) = &raw.listen {
+            let span = l.span();
+            let l = l.get_ref();
+            let address = l.address.as_ref().and_then(|a| {
+                let p = a.get_ref().parse::<IpAddr>();
+                if p.is_err() {
+                    self.err(
+                        a.span(),
+                        format!("`{}` is not an IP address", a.get_ref()),
+                        "not an address",
+                        "write the address to bind, e.g. 10.0.0.2, or leave it out to bind all",
+                    );
+                }
+                p.ok()
+            });
+            match (&l.tcp, &l.udp) {
+                (Some(p), None) => Some(Action::Listen {
+                    proto: L4::Tcp,
+                    port: *p.get_ref(),
+                    address,
+                }),
+                (None, Some(p)) => Some(Action::Listen {
+                    proto: L4::Udp,
+                    port: *p.get_ref(),
+                    address,
+                }),
+                _ => {
+                    self.err(
+                        span,
+                        "`listen` takes exactly one of `tcp` and `udp`",
+                        "here",
+                        "listen = { tcp = 80 } or listen = { udp = 53 }; one per step",
+                    );
+                    None
+                }
+            }
         } else {
             None
         };
@@ -511,6 +551,117 @@ impl Validator<'_> {
             if let Some(ping) = &e.ping {
                 step.expect.ping = self.matrix(ping, known);
             }
+            if let Some(ping6) = &e.ping6 {
+                step.expect.ping6 = self.matrix(ping6, known);
+            }
+            for (list, proto) in [(&e.tcp, L4::Tcp), (&e.udp, L4::Udp)] {
+                for pm in list {
+                    let pm = pm.get_ref();
+                    if *pm.port.get_ref() == 0 {
+                        self.err(
+                            pm.port.span(),
+                            "port 0 cannot be probed",
+                            "here",
+                            "give the port the service listens on",
+                        );
+                    }
+                    let runner_listens = match &pm.listener {
+                        None => true,
+                        Some(l) => match l.get_ref().as_str() {
+                            "runner" => true,
+                            "scenario" => false,
+                            other => {
+                                self.err(l.span(), format!("`{other}` is not a listener"), "here", "listener is \"runner\" (the runner listens in each destination) or \"scenario\" (the scenario's own service)");
+                                true
+                            }
+                        },
+                    };
+                    if let Some(matrix) = self.matrix(&pm.matrix, known) {
+                        let v = PortMatrix {
+                            proto,
+                            port: *pm.port.get_ref(),
+                            v6: pm.ipv6,
+                            runner_listens,
+                            matrix,
+                        };
+                        match proto {
+                            L4::Tcp => step.expect.tcp.push(v),
+                            L4::Udp => step.expect.udp.push(v),
+                        }
+                    }
+                }
+            }
+            for ie in &e.iptables {
+                let ie = ie.get_ref();
+                let netns = match &ie.in_ {
+                    Some(n) => self.known_netns(known, n).unwrap_or_default(),
+                    None => step.netns.clone(),
+                };
+                let table = ie
+                    .table
+                    .as_ref()
+                    .map(|t| t.get_ref().clone())
+                    .unwrap_or_else(|| "filter".into());
+                if let Some(ts) = &ie.table {
+                    if !["filter", "nat", "mangle", "raw", "security"].contains(&table.as_str()) {
+                        self.err(
+                            ts.span(),
+                            format!("`{table}` is not an iptables table"),
+                            "here",
+                            "one of filter, nat, mangle, raw, security",
+                        );
+                    }
+                }
+                let mut policies = Vec::new();
+                for (chain, p) in &ie.policy {
+                    if !["ACCEPT", "DROP"].contains(&p.get_ref().as_str()) {
+                        self.err(
+                            p.span(),
+                            format!("`{}` is not a chain policy", p.get_ref()),
+                            "here",
+                            "a built-in chain's policy is ACCEPT or DROP",
+                        );
+                    }
+                    policies.push((chain.clone(), p.get_ref().clone()));
+                }
+                let lines = |this: &mut Self, v: &[Spanned<String>]| -> Vec<String> {
+                    v.iter()
+                        .map(|l| {
+                            let t = l.get_ref().trim();
+                            if !(t.starts_with("-A ") || t.starts_with("-N ") || t.starts_with("-P ")) {
+                                this.err(l.span(), format!("`{t}` is not an `iptables -S` line"), "here", "write rules as `iptables -S` prints them, e.g. \"-A FORWARD -i br0 -j ACCEPT\"");
+                            }
+                            normalize_rule(t)
+                        })
+                        .collect()
+                };
+                let present = lines(self, &ie.present);
+                let absent = lines(self, &ie.absent);
+                let counts = self.counts(&ie.counts, true);
+                step.expect.iptables.push(IptablesExpect {
+                    netns,
+                    table,
+                    ipv6: ie.ipv6,
+                    policies,
+                    present,
+                    absent,
+                    counts,
+                });
+            }
+            for ne in &e.nft {
+                let ne = ne.get_ref();
+                let netns = match &ne.in_ {
+                    Some(n) => self.known_netns(known, n).unwrap_or_default(),
+                    None => step.netns.clone(),
+                };
+                let counts = self.counts(&ne.counts, false);
+                step.expect.nft.push(NftExpect {
+                    netns,
+                    present: ne.present.iter().map(|p| p.get_ref().clone()).collect(),
+                    absent: ne.absent.iter().map(|p| p.get_ref().clone()).collect(),
+                    counts,
+                });
+            }
             if let Some(list) = &e.stdout_contains {
                 if !matches!(step.action, Some(Action::Run { .. })) {
                     if let Some(first) = list.first() {
@@ -530,10 +681,42 @@ impl Validator<'_> {
                 raw.name.span(),
                 format!("step `{}` does nothing", step.name),
                 "no action and no expectation",
-                "give it an action (run, netns, bridge, veth, move, link, addr, route, sysctl, iptables) or an `expect`",
+                "give it an action (run, netns, bridge, veth, move, link, addr, route, sysctl, iptables, listen) or an `expect`",
             );
         }
         Some(step)
+    }
+
+    fn counts(
+        &mut self,
+        raw: &std::collections::BTreeMap<String, Spanned<String>>,
+        iptables: bool,
+    ) -> Vec<(String, CountCmp)> {
+        let mut out = Vec::new();
+        for (key, v) in raw {
+            let key = key.trim();
+            if iptables && !(key.starts_with("-A ") || key.starts_with("-P ")) {
+                self.err(v.span(), format!("`{key}` names no rule or policy"), "counted here", "count a policy as \"-P FORWARD\" or a rule as its `iptables -S` line, \"-A FORWARD -i br0 -j ACCEPT\"");
+                continue;
+            }
+            match CountCmp::parse(v.get_ref()) {
+                Some(c) => out.push((
+                    if iptables {
+                        normalize_rule(key)
+                    } else {
+                        key.to_string()
+                    },
+                    c,
+                )),
+                None => self.err(
+                    v.span(),
+                    format!("`{}` is not a packet count", v.get_ref()),
+                    "here",
+                    "write a number or a comparison: \"0\", \"3\", \">0\", \">=2\", \"<5\"",
+                ),
+            }
+        }
+        out
     }
 
     fn ifname(&mut self, s: &Spanned<String>) {
@@ -660,6 +843,11 @@ fn content_offset(literal: &str, content: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// An `iptables -S` line with its words separated by single spaces.
+pub fn normalize_rule(line: &str) -> String {
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn valid_ifname_like(n: &str) -> bool {

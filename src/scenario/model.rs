@@ -127,6 +127,28 @@ pub enum Action {
         chain: String,
         op: IptablesOp,
     },
+    /// A service of the scenario's own that lives until the scenario ends:
+    /// `socat TCP-LISTEN:PORT,fork,bind=ADDRESS EXEC:cat &` (TCP accepts and closes, UDP echoes).
+    Listen {
+        proto: L4,
+        port: u16,
+        address: Option<IpAddr>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum L4 {
+    Tcp,
+    Udp,
+}
+
+impl L4 {
+    pub fn name(self) -> &'static str {
+        match self {
+            L4::Tcp => "tcp",
+            L4::Udp => "udp",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -227,6 +249,18 @@ impl Action {
                     IptablesOp::Policy(p) => format!("{bin}{t} -P {chain} {p}"),
                 }
             }
+            Action::Listen {
+                proto,
+                port,
+                address,
+            } => {
+                let kind = match proto {
+                    L4::Tcp => "TCP-LISTEN",
+                    L4::Udp => "UDP-RECVFROM",
+                };
+                let bind = address.map(|a| format!(",bind={a}")).unwrap_or_default();
+                format!("socat {kind}:{port},fork{bind} EXEC:cat &")
+            }
         }
     }
 }
@@ -234,13 +268,173 @@ impl Action {
 #[derive(Debug, Clone, Default)]
 pub struct Expect {
     pub ping: Option<Matrix>,
+    pub ping6: Option<Matrix>,
+    pub tcp: Vec<PortMatrix>,
+    pub udp: Vec<PortMatrix>,
+    pub iptables: Vec<IptablesExpect>,
+    pub nft: Vec<NftExpect>,
     pub stdout_contains: Vec<String>,
     pub timing: Option<ProbeTiming>,
 }
 
 impl Expect {
-    pub fn is_empty(&self) -> bool {
-        self.ping.is_none() && self.stdout_contains.is_empty()
+    /// Whether this step is a checkpoint: it probes or reads firewall state.
+    pub fn is_checkpoint(&self) -> bool {
+        self.ping.is_some()
+            || self.ping6.is_some()
+            || !self.tcp.is_empty()
+            || !self.udp.is_empty()
+            || !self.iptables.is_empty()
+            || !self.nft.is_empty()
+    }
+}
+
+/// An expected TCP or UDP reachability matrix to one port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortMatrix {
+    pub proto: L4,
+    pub port: u16,
+    pub v6: bool,
+    /// The runner listens in each destination for the probe (else the scenario does).
+    pub runner_listens: bool,
+    pub matrix: Matrix,
+}
+
+/// A packet-count comparison: `0`, `3`, `>0`, `>=2`, `<5`, `<=1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountCmp {
+    Eq(u64),
+    Gt(u64),
+    Ge(u64),
+    Lt(u64),
+    Le(u64),
+}
+
+impl CountCmp {
+    pub fn parse(s: &str) -> Option<CountCmp> {
+        let s = s.trim();
+        let (ctor, rest): (fn(u64) -> CountCmp, &str) = if let Some(r) = s.strip_prefix(">=") {
+            (CountCmp::Ge, r)
+        } else if let Some(r) = s.strip_prefix("<=") {
+            (CountCmp::Le, r)
+        } else if let Some(r) = s.strip_prefix('>') {
+            (CountCmp::Gt, r)
+        } else if let Some(r) = s.strip_prefix('<') {
+            (CountCmp::Lt, r)
+        } else if let Some(r) = s.strip_prefix("==") {
+            (CountCmp::Eq, r)
+        } else {
+            (CountCmp::Eq, s)
+        };
+        rest.trim().parse().ok().map(ctor)
+    }
+
+    pub fn holds(self, n: u64) -> bool {
+        match self {
+            CountCmp::Eq(v) => n == v,
+            CountCmp::Gt(v) => n > v,
+            CountCmp::Ge(v) => n >= v,
+            CountCmp::Lt(v) => n < v,
+            CountCmp::Le(v) => n <= v,
+        }
+    }
+}
+
+impl std::fmt::Display for CountCmp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CountCmp::Eq(v) => write!(f, "{v}"),
+            CountCmp::Gt(v) => write!(f, ">{v}"),
+            CountCmp::Ge(v) => write!(f, ">={v}"),
+            CountCmp::Lt(v) => write!(f, "<{v}"),
+            CountCmp::Le(v) => write!(f, "<={v}"),
+        }
+    }
+}
+
+/// Expected iptables/ip6tables state of one table in one namespace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IptablesExpect {
+    pub netns: String,
+    pub table: String,
+    pub ipv6: bool,
+    /// (chain, policy)
+    pub policies: Vec<(String, String)>,
+    /// `iptables -S` lines that must be present / absent.
+    pub present: Vec<String>,
+    pub absent: Vec<String>,
+    /// Packets since the previous checkpoint, by `-P CHAIN` or an `-A ...` line.
+    pub counts: Vec<(String, CountCmp)>,
+}
+
+/// Expected nftables state of one namespace; rules named by comment or `handle N`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NftExpect {
+    pub netns: String,
+    pub present: Vec<String>,
+    pub absent: Vec<String>,
+    pub counts: Vec<(String, CountCmp)>,
+}
+
+/// Which firewall state a scenario touches, so that checkpoints read just that.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FirewallScope {
+    pub v4_tables: Vec<String>,
+    pub v6_tables: Vec<String>,
+    pub nft: bool,
+}
+
+impl Scenario {
+    /// Tables and tools the scenario's steps and expectations mention.
+    pub fn firewall_scope(&self) -> FirewallScope {
+        let mut scope = FirewallScope {
+            v4_tables: vec!["filter".into()],
+            ..Default::default()
+        };
+        let add = |v: &mut Vec<String>, t: &str| {
+            if !v.iter().any(|x| x == t) {
+                v.push(t.to_string());
+            }
+        };
+        for step in &self.steps {
+            match &step.action {
+                Some(Action::Run { script }) => {
+                    let v6 = script.contains("ip6tables");
+                    if v6 {
+                        add(&mut scope.v6_tables, "filter");
+                    }
+                    scope.nft |= script.split_whitespace().any(|w| w == "nft");
+                    for t in ["nat", "mangle", "raw"] {
+                        if script.contains(&format!("-t {t}"))
+                            || script.contains(&format!("--table {t}"))
+                        {
+                            add(&mut scope.v4_tables, t);
+                            if v6 {
+                                add(&mut scope.v6_tables, t);
+                            }
+                        }
+                    }
+                }
+                Some(Action::Iptables { ipv6, table, .. }) => {
+                    if *ipv6 {
+                        add(&mut scope.v6_tables, "filter");
+                        add(&mut scope.v6_tables, table);
+                    } else {
+                        add(&mut scope.v4_tables, table);
+                    }
+                }
+                _ => {}
+            }
+            for e in &step.expect.iptables {
+                if e.ipv6 {
+                    add(&mut scope.v6_tables, &e.table);
+                } else {
+                    add(&mut scope.v4_tables, &e.table);
+                }
+            }
+            scope.nft |= !step.expect.nft.is_empty();
+        }
+        scope
     }
 }
 

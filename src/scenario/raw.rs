@@ -66,6 +66,8 @@ pub struct RawStep {
     pub sysctl: Option<Spanned<RawSysctl>>,
     #[serde(default)]
     pub iptables: Option<Spanned<RawIptables>>,
+    #[serde(default)]
+    pub listen: Option<Spanned<RawListen>>,
 
     #[serde(default)]
     pub expect: Option<Spanned<RawExpect>>,
@@ -163,11 +165,81 @@ pub struct RawIptables {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawListen {
+    #[serde(default)]
+    pub tcp: Option<Spanned<u16>>,
+    #[serde(default)]
+    pub udp: Option<Spanned<u16>>,
+    /// Address to bind; all addresses (0.0.0.0 and ::) when absent.
+    #[serde(default)]
+    pub address: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawExpect {
     #[serde(default)]
     pub ping: Option<Spanned<String>>,
     #[serde(default)]
+    pub ping6: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tcp: Vec<Spanned<RawPortMatrix>>,
+    #[serde(default)]
+    pub udp: Vec<Spanned<RawPortMatrix>>,
+    #[serde(default)]
+    pub iptables: Vec<Spanned<RawIptablesExpect>>,
+    #[serde(default)]
+    pub nft: Vec<Spanned<RawNftExpect>>,
+    #[serde(default)]
     pub stdout_contains: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     pub probe: Option<Spanned<RawTiming>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPortMatrix {
+    pub port: Spanned<u16>,
+    pub matrix: Spanned<String>,
+    /// IPv6 instead of IPv4 for namespace columns.
+    #[serde(default)]
+    pub ipv6: bool,
+    /// "runner" (default): the runner listens in each destination for the probe;
+    /// "scenario": a service of the scenario's own is (or is not) listening there.
+    #[serde(default)]
+    pub listener: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIptablesExpect {
+    #[serde(rename = "in", default)]
+    pub in_: Option<Spanned<String>>,
+    #[serde(default)]
+    pub table: Option<Spanned<String>>,
+    #[serde(default)]
+    pub ipv6: bool,
+    #[serde(default)]
+    pub policy: std::collections::BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pub present: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub absent: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub counts: std::collections::BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNftExpect {
+    #[serde(rename = "in", default)]
+    pub in_: Option<Spanned<String>>,
+    /// Rules that must exist, by comment or `handle N`.
+    #[serde(default)]
+    pub present: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub absent: Vec<Spanned<String>>,
+    /// Packet counts since the previous checkpoint, by rule comment or `handle N`.
+    #[serde(default)]
+    pub counts: std::collections::BTreeMap<String, Spanned<String>>,
 }

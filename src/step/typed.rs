@@ -4,14 +4,15 @@
 //! crate (which runs the iptables binary) on a thread inside the namespace.
 //! Each [`Action`] variant documents the command it is equivalent to.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+use crate::probe::transport::{Listener, Transport, TransportError};
 use crate::sandbox::{Sandbox, SandboxError};
-use crate::scenario::{Action, IptablesOp, MasterChange};
+use crate::scenario::{Action, IptablesOp, MasterChange, L4};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TypedError {
@@ -38,6 +39,13 @@ pub enum TypedError {
         netns: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error("failed to start `{what}` in `{netns}`")]
+    Listen {
+        what: String,
+        netns: String,
+        #[source]
+        source: TransportError,
     },
     /// The iptables crate returns `Box<dyn Error>` (not `Send`), so its text is kept.
     #[error("failed to run `{command}` in `{netns}`: {message}")]
@@ -193,6 +201,32 @@ pub async fn apply(sandbox: &Sandbox, netns: &str, action: &Action) -> Result<()
                 netns: netns.into(),
                 message: message.trim().to_string(),
             })
+        }
+        Action::Listen {
+            proto,
+            port,
+            address,
+        } => {
+            let t = match proto {
+                L4::Tcp => Transport::Tcp,
+                L4::Udp => Transport::Udp,
+            };
+            let addrs: Vec<(Transport, SocketAddr)> = match address {
+                Some(a) => vec![(t, SocketAddr::new(*a, *port))],
+                None => vec![
+                    (t, SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port)),
+                    (t, SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), *port)),
+                ],
+            };
+            let listener = sandbox
+                .in_netns(netns, || Listener::bind(&addrs))?
+                .map_err(|source| TypedError::Listen {
+                    what: action.equivalent(),
+                    netns: netns.into(),
+                    source,
+                })?;
+            sandbox.keep(Box::new(listener));
+            Ok(())
         }
     }
 }

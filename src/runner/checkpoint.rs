@@ -1,0 +1,288 @@
+//! A checkpoint: probe every matrix of a step, read the firewall state of every
+//! namespace, check the firewall expectations against it, and explain every cell that
+//! did not come out as expected by probing it again alone and listing the rules and
+//! policies whose counters moved.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::record::{Check, FirewallCheck, FirewallItem};
+use crate::probe::fwstate::{self, FirewallSnapshot};
+use crate::probe::outcome::{ProbeOutcome, ProbeTiming};
+use crate::probe::reach::{self, Explanation, ObservedMatrix, ProbeKind};
+use crate::sandbox::Sandbox;
+use crate::scenario::{FirewallScope, IptablesExpect, NftExpect, Scenario, Step};
+
+/// What carries from one checkpoint to the next: the counters of the previous one.
+pub struct CheckpointState {
+    pub namespaces: Vec<String>,
+    pub scope: FirewallScope,
+    pub last: FirewallSnapshot,
+}
+
+impl CheckpointState {
+    pub fn new(scenario: &Scenario) -> Self {
+        CheckpointState {
+            namespaces: scenario.namespaces(),
+            scope: scenario.firewall_scope(),
+            last: FirewallSnapshot::default(),
+        }
+    }
+}
+
+/// Timing of the lone probe that explains a cell: exactly one packet, then a wait.
+const EXPLAIN: ProbeTiming = ProbeTiming {
+    deadline: Duration::from_millis(900),
+    window: Duration::from_millis(900),
+    interval: Duration::from_secs(60),
+};
+
+pub async fn run(
+    sb: &Sandbox,
+    scenario: &Scenario,
+    step: &Step,
+    state: &mut CheckpointState,
+) -> (Vec<Check>, Option<FirewallSnapshot>) {
+    let timing = step.expect.timing.unwrap_or(scenario.timing);
+    let e = &step.expect;
+    let mut matrices: Vec<ObservedMatrix> = Vec::new();
+    let ns = &state.namespaces;
+    if let Some(m) = &e.ping {
+        matrices.push(reach::check(sb, m, ProbeKind::Ping { v6: false }, &timing, ns).await);
+    }
+    if let Some(m) = &e.ping6 {
+        matrices.push(reach::check(sb, m, ProbeKind::Ping { v6: true }, &timing, ns).await);
+    }
+    for pm in e.tcp.iter().chain(&e.udp) {
+        let kind = ProbeKind::Port {
+            proto: pm.proto,
+            port: pm.port,
+            v6: pm.v6,
+            runner_listens: pm.runner_listens,
+        };
+        matrices.push(reach::check(sb, &pm.matrix, kind, &timing, ns).await);
+    }
+    if !e.is_checkpoint() {
+        return (matrices.into_iter().map(Check::Matrix).collect(), None);
+    }
+
+    let now = fwstate::snapshot(sb, ns, &state.scope);
+    let mut checks: Vec<Check> = Vec::new();
+    let mut fw_checks = Vec::new();
+    for ie in &e.iptables {
+        fw_checks.push(Check::Firewall(check_iptables(ie, &state.last, &now)));
+    }
+    for ne in &e.nft {
+        fw_checks.push(Check::Firewall(check_nft(ne, &state.last, &now)));
+    }
+
+    // Explanations. Their packets must not count towards the next checkpoint, so
+    // the baseline becomes the last snapshot taken here.
+    let mut last = now.clone();
+    for m in &mut matrices {
+        for (row, col) in m.mismatched_cells() {
+            let Ok(dst) = m.targets[col] else { continue };
+            let src = m.sources[row].clone();
+            let (explanation, after) = explain(sb, state, &src, dst, m.kind, row, col, &last).await;
+            m.explanations.push(explanation);
+            last = after;
+        }
+    }
+    state.last = last;
+    checks.extend(matrices.into_iter().map(Check::Matrix));
+    checks.extend(fw_checks);
+    (checks, Some(now))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn explain(
+    sb: &Sandbox,
+    state: &CheckpointState,
+    src: &str,
+    dst: IpAddr,
+    kind: ProbeKind,
+    row: usize,
+    col: usize,
+    before: &FirewallSnapshot,
+) -> (Explanation, FirewallSnapshot) {
+    let mut notes = Vec::new();
+    let mut listener = None;
+    if let ProbeKind::Port {
+        runner_listens: true,
+        ..
+    } = kind
+    {
+        // The matrix's listeners are gone; the lone probe needs one too.
+        listener = reach::listen_at(sb, None, &state.namespaces, dst, kind)
+            .await
+            .ok()
+            .flatten();
+    }
+    let reprobe = match reach::probe_cells(sb, src, &[(dst, false)], kind, &EXPLAIN) {
+        Ok(mut o) => o.pop(),
+        Err(e) => {
+            notes.push(format!("could not probe again: {e}"));
+            None
+        }
+    };
+    drop(listener);
+    let after = fwstate::snapshot(sb, &state.namespaces, &state.scope);
+    let moved = fwstate::moved(before, &after);
+    match &reprobe {
+        Some(ProbeOutcome::Unreachable { detail }) => {
+            notes.push(format!("`{src}` has no usable route to {dst}: {detail}"))
+        }
+        Some(ProbeOutcome::Dropped { .. }) if moved.is_empty() => notes.push(
+            "no rule or policy counted it: it was lost outside netfilter (a link without carrier, an unanswered ARP/neighbour request, or a missing route on the way)"
+                .into(),
+        ),
+        _ => {}
+    }
+    (
+        Explanation {
+            row,
+            col,
+            reprobe,
+            moved,
+            notes,
+        },
+        after,
+    )
+}
+
+fn check_iptables(
+    e: &IptablesExpect,
+    last: &FirewallSnapshot,
+    now: &FirewallSnapshot,
+) -> FirewallCheck {
+    let cmd = if e.ipv6 { "ip6tables" } else { "iptables" };
+    let label = format!("{cmd} {} in {}", e.table, e.netns);
+    let table = now.get(&e.netns).and_then(|n| n.table(e.ipv6, &e.table));
+    let Some(table) = table else {
+        let why = now
+            .get(&e.netns)
+            .map(|n| n.errors.join("; "))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("namespace `{}` does not exist", e.netns));
+        return FirewallCheck {
+            label,
+            items: vec![FirewallItem {
+                what: "table readable".into(),
+                ok: false,
+                observed: Some(why),
+            }],
+        };
+    };
+    let before = last.get(&e.netns).and_then(|n| n.table(e.ipv6, &e.table));
+    let chain_rules = |chain: &str| -> String {
+        let lines: Vec<&str> = table
+            .entries
+            .iter()
+            .filter(|x| x.line.starts_with(&format!("-A {chain} ")))
+            .map(|x| x.line.as_str())
+            .collect();
+        if lines.is_empty() {
+            format!("{chain} has no rules")
+        } else {
+            format!("{chain} has: {}", lines.join(" | "))
+        }
+    };
+    let chain_of = |line: &str| line.split(' ').nth(1).unwrap_or("").to_string();
+    let mut items = Vec::new();
+    for (chain, policy) in &e.policies {
+        let got = table.policy(chain);
+        items.push(FirewallItem {
+            what: format!("policy {chain} {policy}"),
+            ok: got == Some(policy.as_str()),
+            observed: Some(match got {
+                Some(p) => format!("policy is {p}"),
+                None => format!("no built-in chain {chain} in {}", e.table),
+            }),
+        });
+    }
+    for line in &e.present {
+        let ok = table.entries.iter().any(|x| &x.line == line);
+        items.push(FirewallItem {
+            what: format!("present {line}"),
+            ok,
+            observed: Some(chain_rules(&chain_of(line))),
+        });
+    }
+    for line in &e.absent {
+        let ok = !table.entries.iter().any(|x| &x.line == line);
+        items.push(FirewallItem {
+            what: format!("absent {line}"),
+            ok,
+            observed: Some("it is there".into()),
+        });
+    }
+    for (key, cmp) in &e.counts {
+        let delta = fwstate::ipt_delta(before, table, key);
+        items.push(FirewallItem {
+            what: format!("count {key} {cmp}"),
+            ok: delta.is_some_and(|d| cmp.holds(d)),
+            observed: Some(match delta {
+                Some(d) => format!("{d} packets since the previous checkpoint"),
+                None => format!("no such rule or policy; {}", chain_rules(&chain_of(key))),
+            }),
+        });
+    }
+    FirewallCheck { label, items }
+}
+
+fn check_nft(e: &NftExpect, last: &FirewallSnapshot, now: &FirewallSnapshot) -> FirewallCheck {
+    let label = format!("nft in {}", e.netns);
+    let Some(state) = now.get(&e.netns).and_then(|n| n.nft.as_ref()) else {
+        let why = now
+            .get(&e.netns)
+            .map(|n| n.errors.join("; "))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("namespace `{}` does not exist", e.netns));
+        return FirewallCheck {
+            label,
+            items: vec![FirewallItem {
+                what: "ruleset readable".into(),
+                ok: false,
+                observed: Some(why),
+            }],
+        };
+    };
+    let before = last.get(&e.netns).and_then(|n| n.nft.as_ref());
+    let names = || -> String {
+        let v: Vec<String> = state.rules.iter().map(|r| r.label()).collect();
+        if v.is_empty() {
+            "the ruleset has no rules".into()
+        } else {
+            format!("rules: {}", v.join(", "))
+        }
+    };
+    let mut items = Vec::new();
+    for key in &e.present {
+        items.push(FirewallItem {
+            what: format!("present {key}"),
+            ok: state.rules.iter().any(|r| r.named(key)),
+            observed: Some(names()),
+        });
+    }
+    for key in &e.absent {
+        items.push(FirewallItem {
+            what: format!("absent {key}"),
+            ok: !state.rules.iter().any(|r| r.named(key)),
+            observed: Some("it is there".into()),
+        });
+    }
+    for (key, cmp) in &e.counts {
+        let delta = fwstate::nft_delta(before, state, key);
+        let has_rule = state.rules.iter().any(|r| r.named(key));
+        items.push(FirewallItem {
+            what: format!("count {key} {cmp}"),
+            ok: delta.is_some_and(|d| cmp.holds(d)),
+            observed: Some(match delta {
+                Some(d) => format!("{d} packets since the previous checkpoint"),
+                None if has_rule => "the rule has no `counter`".into(),
+                None => format!("no such rule; {}", names()),
+            }),
+        });
+    }
+    FirewallCheck { label, items }
+}
