@@ -237,77 +237,119 @@ pub async fn check(
     timing: &ProbeTiming,
     namespaces: &[String],
 ) -> ObservedMatrix {
-    let mut problems = Vec::new();
-    if kind.v6() {
+    check_all(sandbox, &[(matrix, kind)], timing, namespaces)
+        .await
+        .pop()
+        .expect("one matrix in, one out")
+}
+
+/// Probe every cell of every matrix at once: one thread per (matrix, source), all in
+/// flight together, so a checkpoint costs one window, not one per matrix.
+pub async fn check_all(
+    sandbox: &Sandbox,
+    matrices: &[(&Matrix, ProbeKind)],
+    timing: &ProbeTiming,
+    namespaces: &[String],
+) -> Vec<ObservedMatrix> {
+    let mut dad_problem = None;
+    if matrices.iter().any(|(_, k)| k.v6()) {
         let left = wait_dad(sandbox, namespaces, Duration::from_secs(5)).await;
         if !left.is_empty() {
-            problems.push(format!(
+            dad_problem = Some(format!(
                 "addresses still tentative (DAD) after 5s: {}",
                 left.join(", ")
             ));
         }
     }
-    let targets = resolve_targets(sandbox, matrix, kind.v6()).await;
 
-    // The runner's listeners, one per (namespace, address), for as long as the probe runs.
+    // Targets, and the runner's listeners: one per (protocol, address, port), shared
+    // by every matrix of the checkpoint, for as long as the probes run.
     let mut listeners: Vec<Listener> = Vec::new();
-    if let ProbeKind::Port {
-        runner_listens: true,
-        ..
-    } = kind
-    {
-        let mut bound: Vec<IpAddr> = Vec::new();
-        for (d, t) in matrix.destinations.iter().zip(&targets) {
-            let Ok(addr) = t else { continue };
-            if bound.contains(addr) {
-                continue;
-            }
-            bound.push(*addr);
-            let owner = match d {
-                Peer::Netns(n) => Some(n.clone()),
-                Peer::Addr(_) => None,
-            };
-            match listen_at(sandbox, owner, namespaces, *addr, kind).await {
-                Ok(Some(l)) => listeners.push(l),
-                Ok(None) => {}
-                Err(e) => problems.push(e),
+    let mut bound: Vec<(L4, SocketAddr)> = Vec::new();
+    let mut prepared = Vec::new();
+    for (matrix, kind) in matrices {
+        let mut problems: Vec<String> = dad_problem.iter().filter(|_| kind.v6()).cloned().collect();
+        let targets = resolve_targets(sandbox, matrix, kind.v6()).await;
+        if let ProbeKind::Port {
+            proto,
+            port,
+            runner_listens: true,
+            ..
+        } = *kind
+        {
+            for (d, t) in matrix.destinations.iter().zip(&targets) {
+                let Ok(addr) = t else { continue };
+                let key = (proto, SocketAddr::new(*addr, port));
+                if bound.contains(&key) {
+                    continue;
+                }
+                bound.push(key);
+                let owner = match d {
+                    Peer::Netns(n) => Some(n.clone()),
+                    Peer::Addr(_) => None,
+                };
+                match listen_at(sandbox, owner, namespaces, *addr, *kind).await {
+                    Ok(Some(l)) => listeners.push(l),
+                    Ok(None) => {}
+                    Err(e) => problems.push(e),
+                }
             }
         }
+        prepared.push((targets, problems));
     }
 
-    let rows: Vec<Vec<ObservedCell>> = std::thread::scope(|s| {
-        let handles: Vec<_> = matrix
-            .sources
+    let rows: Vec<Vec<Vec<ObservedCell>>> = std::thread::scope(|s| {
+        let handles: Vec<Vec<_>> = matrices
             .iter()
-            .zip(&matrix.cells)
-            .map(|(src, expected)| {
-                let targets = &targets;
-                s.spawn(move || probe_row(sandbox, src, expected, targets, kind, timing))
+            .zip(&prepared)
+            .map(|((matrix, kind), (targets, _))| {
+                matrix
+                    .sources
+                    .iter()
+                    .zip(&matrix.cells)
+                    .map(|(src, expected)| {
+                        let kind = *kind;
+                        s.spawn(move || probe_row(sandbox, src, expected, targets, kind, timing))
+                    })
+                    .collect()
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("probe thread panicked"))
+            .map(|m| {
+                m.into_iter()
+                    .map(|h| h.join().expect("probe thread panicked"))
+                    .collect()
+            })
             .collect()
     });
+    let mut stop_problems = Vec::new();
     for l in listeners {
         if let Err(e) = l.stop() {
-            problems.push(format!(
+            stop_problems.push(format!(
                 "failed to stop a listener: {}",
                 crate::error_chain(&e)
             ));
         }
     }
 
-    ObservedMatrix {
-        kind,
-        sources: matrix.sources.clone(),
-        destinations: matrix.destinations.clone(),
-        targets,
-        cells: rows,
-        problems,
-        explanations: Vec::new(),
-    }
+    matrices
+        .iter()
+        .zip(prepared)
+        .zip(rows)
+        .map(|(((matrix, kind), (targets, mut problems)), cells)| {
+            problems.extend(stop_problems.iter().cloned());
+            ObservedMatrix {
+                kind: *kind,
+                sources: matrix.sources.clone(),
+                destinations: matrix.destinations.clone(),
+                targets,
+                cells,
+                problems,
+                explanations: Vec::new(),
+            }
+        })
+        .collect()
 }
 
 /// Start the runner's listener for `kind` on `addr` in namespace `owner` (or in the

@@ -45,13 +45,13 @@ pub async fn run(
 ) -> (Vec<Check>, Option<FirewallSnapshot>) {
     let timing = step.expect.timing.unwrap_or(scenario.timing);
     let e = &step.expect;
-    let mut matrices: Vec<ObservedMatrix> = Vec::new();
     let ns = &state.namespaces;
+    let mut wanted: Vec<(&crate::scenario::Matrix, ProbeKind)> = Vec::new();
     if let Some(m) = &e.ping {
-        matrices.push(reach::check(sb, m, ProbeKind::Ping { v6: false }, &timing, ns).await);
+        wanted.push((m, ProbeKind::Ping { v6: false }));
     }
     if let Some(m) = &e.ping6 {
-        matrices.push(reach::check(sb, m, ProbeKind::Ping { v6: true }, &timing, ns).await);
+        wanted.push((m, ProbeKind::Ping { v6: true }));
     }
     for pm in e.tcp.iter().chain(&e.udp) {
         let kind = ProbeKind::Port {
@@ -60,8 +60,13 @@ pub async fn run(
             v6: pm.v6,
             runner_listens: pm.runner_listens,
         };
-        matrices.push(reach::check(sb, &pm.matrix, kind, &timing, ns).await);
+        wanted.push((&pm.matrix, kind));
     }
+    let mut matrices: Vec<ObservedMatrix> = if wanted.is_empty() {
+        Vec::new()
+    } else {
+        reach::check_all(sb, &wanted, &timing, ns).await
+    };
     if !e.is_checkpoint() {
         return (matrices.into_iter().map(Check::Matrix).collect(), None);
     }
