@@ -156,3 +156,72 @@ fn two_sandboxes_do_not_see_each_other() {
         "the sandbox sees the machine's links: {oa}"
     );
 }
+
+/// Regression guard: a step that hangs is killed at its timeout, with the command
+/// that hung named, and what it started is gone.
+#[test]
+fn hanging_step_is_killed_at_its_timeout_and_named() {
+    common::require_root();
+    let before = machine_state();
+    let FileOutcome::Ran(record) = netscenario::run_file(Path::new("tests/fixtures/hangs.toml"))
+    else {
+        panic!("fixture did not run")
+    };
+    let text = report::render(&record);
+    assert!(
+        text.contains("command:   sleep 3600.8181   (script line 2)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("killed after the 0.5s step timeout"),
+        "{text}"
+    );
+    wait_until("the hung sleep is gone", Duration::from_secs(5), || {
+        processes_with("3600.8181").is_empty()
+    });
+    assert_eq!(before, machine_state());
+}
+
+/// SIGINT (Ctrl-C), SIGTERM and SIGKILL at random moments of a run, many times: after
+/// each, nothing of the run is left, and the next run works.
+#[test]
+fn signals_at_random_moments_leave_nothing() {
+    common::require_root();
+    let before = machine_state();
+    let signals = [
+        nix::sys::signal::Signal::SIGKILL,
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ];
+    // A cheap deterministic spread of moments from 0 to ~400 ms into the run.
+    for i in 0..15u64 {
+        let delay = Duration::from_millis((i * 137) % 400);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_netscenario"))
+            .args([
+                "run",
+                "--out",
+                "target/netscenario-test",
+                "tests/fixtures/sleeps.toml",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let sig = signals[i as usize % signals.len()];
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+        child.wait().unwrap();
+        wait_until(
+            "every process of the killed run is gone",
+            Duration::from_secs(5),
+            || processes_with("3600.5151").is_empty(),
+        );
+        assert_eq!(before, machine_state(), "after {sig} at {delay:?}");
+    }
+    // And the next run works.
+    let outcome = netscenario::run_file(Path::new("tests/fixtures/leaves-processes.toml"));
+    assert!(
+        matches!(outcome, FileOutcome::Ran(ref r) if r.passed()),
+        "{outcome:?}"
+    );
+}

@@ -31,6 +31,12 @@ pub fn render(record: &RunRecord) -> String {
 
 /// One line saying how the run went.
 pub fn summary(record: &RunRecord) -> String {
+    if !record.machine_changed.is_empty() {
+        return format!(
+            "result: FAILED: THE MACHINE'S OWN NETWORK NAMESPACE CHANGED DURING THE RUN\n  {}",
+            record.machine_changed.join("\n  ")
+        );
+    }
     let checks: usize = record.steps.iter().map(|s| s.checks.len()).sum();
     let failed = record.failed_checks();
     match record.failed_step() {

@@ -159,7 +159,11 @@ pub fn run(
     mut sink: impl FnMut(Event<'_>) + Send,
 ) -> Result<RunRecord, EnvError> {
     sink(Event::ScenarioStarted { scenario });
-    let record = sandbox::run(|sb| run_in(sb, scenario, &mut sink)).map_err(EnvError::Sandbox)?;
+    let sysctls = scenario.sysctl_keys();
+    let before = sandbox::guard::machine_view(&sysctls);
+    let mut record =
+        sandbox::run(|sb| run_in(sb, scenario, &mut sink)).map_err(EnvError::Sandbox)?;
+    record.machine_changed = before.diff(&sandbox::guard::machine_view(&sysctls));
     sink(Event::ScenarioFinished { record: &record });
     Ok(record)
 }
@@ -179,6 +183,7 @@ fn run_in(
         source: scenario.source.clone(),
         path: scenario.path.display().to_string(),
         steps: Vec::new(),
+        machine_changed: Vec::new(),
     };
     let mut stopped = false;
     let mut state = checkpoint::CheckpointState::new(scenario);

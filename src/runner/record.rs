@@ -11,6 +11,9 @@ pub struct RunRecord {
     pub source: Option<String>,
     pub path: String,
     pub steps: Vec<StepRecord>,
+    /// How the machine's own network namespace changed during the run (never, unless
+    /// something outside the sandbox changed it): a failure of the run.
+    pub machine_changed: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -98,7 +101,7 @@ impl StepRecord {
 
 impl RunRecord {
     pub fn passed(&self) -> bool {
-        self.steps.iter().all(StepRecord::passed)
+        self.machine_changed.is_empty() && self.steps.iter().all(StepRecord::passed)
     }
 
     pub fn failed_checks(&self) -> usize {

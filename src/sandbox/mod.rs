@@ -9,6 +9,7 @@
 //! it, and every namespace, link, rule and mount goes with the last reference.
 //! Nothing is ever deleted by name or by pattern.
 
+pub mod guard;
 mod sys;
 
 use std::fs::File;

@@ -26,6 +26,33 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// Sysctls the scenario may touch (typed or `sysctl -w` in scripts), plus the two
+    /// every bridge tutorial touches; the runner checks the machine's stay unchanged.
+    pub fn sysctl_keys(&self) -> Vec<String> {
+        let mut keys = vec![
+            "net.ipv4.ip_forward".to_string(),
+            "net.bridge.bridge-nf-call-iptables".to_string(),
+        ];
+        for step in &self.steps {
+            match &step.action {
+                Some(Action::Sysctl { key, .. }) => keys.push(key.clone()),
+                Some(Action::Run { script }) => {
+                    for w in script.split_whitespace() {
+                        if let Some((k, _)) = w.split_once('=') {
+                            if k.starts_with("net.") && !k.contains('/') {
+                                keys.push(k.to_string());
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     /// Every namespace the scenario refers to, `host` first, in order of creation.
     pub fn namespaces(&self) -> Vec<String> {
         let mut out = vec![HOST.to_string()];

@@ -74,11 +74,15 @@ pub fn run(
     let stdout = create(&out_path)?;
     let stderr = create(&err_path)?;
 
-    // `-E` lets the ERR trap see failures inside functions; the trap records which
-    // command failed before `-e` ends the shell.
+    // `-E`/`-T` let the ERR and DEBUG traps see into functions and the sourced
+    // script. The ERR trap records which command failed before `-e` ends the shell,
+    // the DEBUG trap which command is running, for a step that hangs.
+    let current_path = file("current");
     let preamble = format!(
-        "set -eE; trap 'printf \"%s\\n%s\" \"$LINENO\" \"$BASH_COMMAND\" > {failed}' ERR; . {script}",
+        "set -eET; trap 'printf \"%s\\n%s\" \"$LINENO\" \"$BASH_COMMAND\" > {failed}' ERR; \
+         trap 'printf \"%s\\n%s\" \"$LINENO\" \"$BASH_COMMAND\" > {current}' DEBUG; . {script}",
         failed = failed_path.display(),
+        current = current_path.display(),
         script = script_path.display(),
     );
     let mut cmd = if netns == HOST {
@@ -132,7 +136,12 @@ pub fn run(
                 None => format!("killed after the {}s step timeout", timeout.as_secs_f64()),
                 Some(st) => describe_status(st),
             };
-            let command = std::fs::read_to_string(&failed_path).ok().and_then(|s| {
+            let which = if other.is_none() {
+                &current_path
+            } else {
+                &failed_path
+            };
+            let command = std::fs::read_to_string(which).ok().and_then(|s| {
                 let (line, cmd) = s.split_once('\n')?;
                 Some((line.trim().parse().ok()?, cmd.to_string()))
             });
