@@ -49,7 +49,7 @@ fn two_actions_in_one_step_are_an_error() {
     let o = netscenario(&["check", "tests/fixtures/invalid/two-actions.toml"]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
-    assert!(e.contains("has two actions: `run` and `bridge`"), "{e}");
+    assert!(e.contains("two actions: `run` and `bridge`"), "{e}");
     assert!(e.contains("two-actions.toml:7:"), "{e}");
 }
 

@@ -36,7 +36,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         Ok(raw) => raw,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            let message = e.message().trim().to_string();
+            let mut message = e.message().trim().to_string();
+            // Name the step the error is in: the [[step]] tables before it.
+            let before = &text[..span.start.min(text.len())];
+            let n = before
+                .lines()
+                .filter(|l| l.trim_start().starts_with("[[step]]"))
+                .count();
+            if n > 0 {
+                message = format!("step {n}: {message}");
+            }
             let help = toml_help(&message);
             problems.push(span, message, "here", help);
             return Err(problems.into_error().expect("one problem"));
@@ -45,6 +54,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
     let scenario = Validator {
         problems: &mut problems,
         path: path.to_path_buf(),
+        step: None,
     }
     .scenario(raw);
     match problems.into_error() {
@@ -89,11 +99,17 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 struct Validator<'a> {
     problems: &'a mut Problems,
     path: PathBuf,
+    /// The step being validated, to name it in messages: (index, name).
+    step: Option<(usize, String)>,
 }
 
 impl Validator<'_> {
     fn err(&mut self, span: Range<usize>, message: impl Into<String>, label: &str, help: &str) {
         let help = (!help.is_empty()).then(|| help.to_string());
+        let message = match &self.step {
+            Some((i, name)) => format!("step {i} (\"{name}\"): {}", message.into()),
+            None => message.into(),
+        };
         self.problems.push(span, message, label, help);
     }
 
@@ -175,6 +191,7 @@ impl Validator<'_> {
                 steps.push(step);
             }
         }
+        self.step = None;
         if steps.is_empty() && self.problems.is_empty() {
             self.err(
                 header.name.span(),
@@ -221,6 +238,7 @@ impl Validator<'_> {
         step_timeout: Duration,
     ) -> Option<Step> {
         let name = raw.name.get_ref().clone();
+        self.step = Some((index, name.clone()));
         let netns = match &raw.in_ {
             Some(ns) => self.known_netns(known, ns).unwrap_or_default(),
             None => HOST.to_string(),
@@ -256,7 +274,7 @@ impl Validator<'_> {
             let (second, span) = &present[1];
             self.err(
                 span.clone(),
-                format!("step `{name}` has two actions: `{first}` and `{second}`"),
+                format!("two actions: `{first}` and `{second}`"),
                 "second action",
                 "a step has at most one action; split it into two [[step]] tables",
             );
