@@ -39,13 +39,17 @@ pub fn summary(record: &RunRecord) -> String {
     }
     let checks: usize = record.steps.iter().map(|s| s.checks.len()).sum();
     let failed = record.failed_checks();
+    let (cells, wrong) = record.cell_counts();
+    let cells = format!("{wrong} of {cells} probed cells wrong");
     match record.failed_step() {
         Some(step) => format!(
-            "result: FAILED at step {} ({}); {} of {} checks failed before it",
+            "result: FAILED at step {} ({}); {} of {} checks failed before it; {cells}",
             step.index, step.name, failed, checks
         ),
-        None if failed > 0 => format!("result: FAILED, {failed} of {checks} checks did not hold"),
-        None => format!("result: passed, {checks} checks held"),
+        None if failed > 0 => {
+            format!("result: FAILED, {failed} of {checks} checks did not hold; {cells}")
+        }
+        None => format!("result: passed, {checks} checks held; {cells}"),
     }
 }
 

@@ -112,6 +112,23 @@ impl RunRecord {
             .count()
     }
 
+    /// (cells probed, cells that did not come out as expected) over every matrix.
+    pub fn cell_counts(&self) -> (usize, usize) {
+        let mut n = 0;
+        let mut wrong = 0;
+        for c in self.steps.iter().flat_map(|s| &s.checks) {
+            if let Check::Matrix(m) = c {
+                for cell in m.cells.iter().flatten().filter(|c| c.expected.is_some()) {
+                    n += 1;
+                    if !cell.matches() {
+                        wrong += 1;
+                    }
+                }
+            }
+        }
+        (n, wrong)
+    }
+
     pub fn failed_step(&self) -> Option<&StepRecord> {
         self.steps.iter().find(|s| s.failed())
     }
