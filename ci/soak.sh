@@ -21,7 +21,7 @@ start=$(date +%s)
 for r in $(seq 1 "$rounds"); do
   pids=()
   for p in $(seq 1 "$parallel"); do
-    "$bin" run -q --out "$out/r$r-p$p" scenarios/ > "$out/r$r-p$p.log" 2>&1 &
+    ( "$bin" run -q --out "$out/r$r-p$p" scenarios/ > "$out/r$r-p$p.log" 2>&1; echo "exit status $?" >> "$out/r$r-p$p.log" ) &
     pids+=($!)
   done
   wait "${pids[@]}" || true
@@ -33,9 +33,9 @@ for log in "$out"/*.log; do
   while read -r w c; do
     cells=$((cells + c)); wrong=$((wrong + w)); runs=$((runs + 1))
   done < <(grep -o '[0-9]* of [0-9]* probed cells wrong' "$log" | awk '{print $1, $3}')
-  if grep -q 'result: FAILED' "$log"; then
+  if grep -q 'result: FAILED' "$log" || ! grep -q '^exit status 0$' "$log"; then
     failed=$((failed + 1))
-    grep -B2 -A6 '^\s*\* ' "$log" | head -40 || true
+    echo "== $log"; grep -B2 -A6 '^\s*\* \|error' "$log" | head -40 || tail -5 "$log"
   fi
 done
 echo "soak: $rounds rounds x $parallel parallel runners under stress-ng --cpu $(nproc), ${elapsed}s"

@@ -129,6 +129,7 @@ fn run(paths: &[PathBuf], out: &Path, quiet: bool) -> u8 {
         return ENVIRONMENT_UNUSABLE;
     }
     let mut failed = 0;
+    let mut skipped = 0;
     for sc in &scenarios {
         let result = runner::run(sc, |ev| {
             if quiet {
@@ -160,11 +161,18 @@ fn run(paths: &[PathBuf], out: &Path, quiet: bool) -> u8 {
             Ok(()) => println!("report: {}", path.display()),
             Err(e) => eprintln!("warning: could not write {}: {e}", path.display()),
         }
-        if !record.passed() {
+        if record.skipped.is_some() {
+            skipped += 1;
+        } else if !record.passed() {
             failed += 1;
         }
     }
-    println!("{} passed, {} failed", scenarios.len() - failed, failed);
+    println!(
+        "{} passed, {} failed, {} skipped",
+        scenarios.len() - failed - skipped,
+        failed,
+        skipped
+    );
     if failed > 0 {
         EXPECTATION_FAILED
     } else {

@@ -9,8 +9,14 @@ use rstest::rstest;
 
 mod common;
 
+/// Scenarios that declare `requires` are under scenarios/requires/ and run by
+/// tests/requires.rs, which can report them as ignored when the machine lacks them.
 #[rstest]
-fn scenario(#[files("scenarios/**/*.toml")] path: PathBuf) {
+fn scenario(
+    #[files("scenarios/**/*.toml")]
+    #[exclude("^scenarios/requires/")]
+    path: PathBuf,
+) {
     common::require_root();
     // Relative to the crate, so that snapshots do not depend on where it is cloned.
     let path = path
@@ -22,6 +28,11 @@ fn scenario(#[files("scenarios/**/*.toml")] path: PathBuf) {
         FileOutcome::Invalid(e) => panic!("{:?}", miette::Report::new(e)),
         FileOutcome::Environment(e) => panic!("{:?}", miette::Report::new(e)),
     };
+    assert!(
+        record.skipped.is_none(),
+        "{} declares `requires`: move it under scenarios/requires/ so that cargo test can report it skipped",
+        path.display()
+    );
     let text = report::render(&record);
     let mut settings = insta::Settings::clone_current();
     settings.set_prepend_module_to_snapshot(false);

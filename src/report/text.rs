@@ -31,6 +31,9 @@ pub fn render(record: &RunRecord) -> String {
 
 /// One line saying how the run went.
 pub fn summary(record: &RunRecord) -> String {
+    if let Some(reason) = &record.skipped {
+        return format!("result: skipped: {reason}");
+    }
     if !record.machine_changed.is_empty() {
         return format!(
             "result: FAILED: THE MACHINE'S OWN NETWORK NAMESPACE CHANGED DURING THE RUN\n  {}",
@@ -102,6 +105,12 @@ pub fn render_step(step: &StepRecord) -> String {
             }
             let _ = writeln!(s, "  | namespace: {}", f.netns);
             let _ = writeln!(s, "  | status:    {}", f.status);
+            if let Some(why) = unsupported(&f.output.stderr) {
+                let _ = writeln!(
+                    s,
+                    "  | meaning:   this kernel does not support it ({why}); declare the feature in [scenario] requires = [...] to have the scenario skipped instead"
+                );
+            }
             let err = redact::output(f.output.stderr.trim_end());
             if !err.is_empty() {
                 let _ = writeln!(s, "  | stderr:");
@@ -141,6 +150,24 @@ pub fn render_step(step: &StepRecord) -> String {
         s.push_str(&render_firewall(fw));
     }
     s
+}
+
+/// The kernel's way of saying a feature is missing, if stderr says it.
+fn unsupported(stderr: &str) -> Option<&'static str> {
+    [
+        ("Unknown device type", "unknown device type"),
+        ("Operation not supported", "operation not supported"),
+        ("Protocol not supported", "protocol not supported"),
+        (
+            "Address family not supported",
+            "address family not supported",
+        ),
+        ("No such file or directory while", "no such kernel module"),
+        ("Specified qdisc kind is unknown", "unknown qdisc kind"),
+    ]
+    .iter()
+    .find(|(needle, _)| stderr.contains(needle))
+    .map(|(_, why)| *why)
 }
 
 /// Expected and observed side by side; a mismatched observed cell is marked `*`.

@@ -6,6 +6,7 @@
 mod checkpoint;
 pub mod events;
 pub mod record;
+pub mod requirement;
 
 use std::path::Path;
 
@@ -140,7 +141,7 @@ pub fn commands_of(script: &str) -> Vec<String> {
     out
 }
 
-fn on_path(tool: &str) -> bool {
+pub(crate) fn on_path(tool: &str) -> bool {
     [
         "/usr/local/sbin",
         "/usr/local/bin",
@@ -159,6 +160,19 @@ pub fn run(
     mut sink: impl FnMut(Event<'_>) + Send,
 ) -> Result<RunRecord, EnvError> {
     sink(Event::ScenarioStarted { scenario });
+    if let Some(reason) = requirement::missing(&scenario.requires) {
+        let record = RunRecord {
+            name: scenario.name.clone(),
+            about: scenario.about.clone(),
+            source: scenario.source.clone(),
+            path: scenario.path.display().to_string(),
+            steps: Vec::new(),
+            machine_changed: Vec::new(),
+            skipped: Some(reason),
+        };
+        sink(Event::ScenarioFinished { record: &record });
+        return Ok(record);
+    }
     let sysctls = scenario.sysctl_keys();
     let before = sandbox::guard::machine_view(&sysctls);
     let mut record =
@@ -184,6 +198,7 @@ fn run_in(
         path: scenario.path.display().to_string(),
         steps: Vec::new(),
         machine_changed: Vec::new(),
+        skipped: None,
     };
     let mut stopped = false;
     let mut state = checkpoint::CheckpointState::new(scenario);

@@ -14,6 +14,8 @@ pub struct RunRecord {
     /// How the machine's own network namespace changed during the run (never, unless
     /// something outside the sandbox changed it): a failure of the run.
     pub machine_changed: Vec<String>,
+    /// Why the scenario was not run: a requirement the machine does not meet.
+    pub skipped: Option<String>,
 }
 
 #[derive(Debug, Clone)]

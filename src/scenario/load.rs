@@ -176,6 +176,27 @@ impl Validator<'_> {
             .and_then(|s| self.duration(s))
             .unwrap_or(DEFAULT_STEP_TIMEOUT);
 
+        let mut requires = Vec::new();
+        for r in &header.requires {
+            let name = r.get_ref();
+            if crate::runner::requirement::is_known(name) {
+                requires.push(name.clone());
+            } else {
+                self.err(
+                    r.span(),
+                    format!("`{name}` is not a requirement netscenario knows"),
+                    "unknown",
+                    &format!(
+                        "a requirement is a kernel feature ({}) or a tool written as \"tool:NAME\"",
+                        crate::runner::requirement::FEATURES
+                            .iter()
+                            .map(|f| f.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
         let mut known = vec![HOST.to_string()];
         let mut steps = Vec::new();
         for (i, raw_step) in raw.step.into_iter().enumerate() {
@@ -207,6 +228,7 @@ impl Validator<'_> {
             path: self.path.clone(),
             timing,
             step_timeout,
+            requires,
             steps,
         })
     }

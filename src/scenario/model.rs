@@ -22,6 +22,8 @@ pub struct Scenario {
     pub path: PathBuf,
     pub timing: ProbeTiming,
     pub step_timeout: Duration,
+    /// Kernel features (see `requirement::FEATURES`) and tools the scenario needs.
+    pub requires: Vec<String>,
     pub steps: Vec<Step>,
 }
 

@@ -26,6 +26,10 @@ pub struct RawHeader {
     /// Default time limit of a `run` step, e.g. "30s".
     #[serde(default)]
     pub step_timeout: Option<Spanned<String>>,
+    /// Kernel features and tools the scenario needs; when one is missing the
+    /// scenario is reported as skipped.
+    #[serde(default)]
+    pub requires: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
