@@ -94,3 +94,20 @@ fn failed_expectation_exits_1_and_passing_run_exits_0() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("1 passed, 0 failed"), "{out}");
 }
+
+#[test]
+fn two_scenarios_with_one_name_are_refused() {
+    let dir = std::env::temp_dir().join(format!("netscenario-dup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = "[scenario]\nname = \"same\"\n[[step]]\nname = \"s\"\nrun = \"true\"\n";
+    std::fs::write(dir.join("a.toml"), text).unwrap();
+    std::fs::write(dir.join("b.toml"), text).unwrap();
+    let o = netscenario(&["check", dir.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("two scenario files are both named `same`"),
+        "{}",
+        stderr(&o)
+    );
+}

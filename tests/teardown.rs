@@ -182,7 +182,7 @@ fn hanging_step_is_killed_at_its_timeout_and_named() {
     assert_eq!(before, machine_state());
 }
 
-/// SIGINT (Ctrl-C), SIGTERM and SIGKILL at random moments of a run, many times: after
+/// SIGINT (Ctrl-C), SIGTERM and SIGKILL at 30 moments spread over a run: after
 /// each, nothing of the run is left, and the next run works.
 #[test]
 fn signals_at_random_moments_leave_nothing() {
@@ -193,15 +193,16 @@ fn signals_at_random_moments_leave_nothing() {
         nix::sys::signal::Signal::SIGINT,
         nix::sys::signal::Signal::SIGTERM,
     ];
-    // A cheap deterministic spread of moments from 0 to ~400 ms into the run.
-    for i in 0..15u64 {
-        let delay = Duration::from_millis((i * 137) % 400);
+    // A deterministic spread of 30 moments from 0 to ~1.5 s into the run: setup
+    // (namespaces, links, rules being created), the probing window, the long step.
+    for i in 0..30u64 {
+        let delay = Duration::from_millis((i * 397) % 1500);
         let mut child = Command::new(env!("CARGO_BIN_EXE_netscenario"))
             .args([
                 "run",
                 "--out",
                 "target/netscenario-test",
-                "tests/fixtures/sleeps.toml",
+                "tests/fixtures/probing.toml",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -214,7 +215,7 @@ fn signals_at_random_moments_leave_nothing() {
         wait_until(
             "every process of the killed run is gone",
             Duration::from_secs(5),
-            || processes_with("3600.5151").is_empty(),
+            || processes_with("3600.5252").is_empty(),
         );
         assert_eq!(before, machine_state(), "after {sig} at {delay:?}");
     }
@@ -224,4 +225,20 @@ fn signals_at_random_moments_leave_nothing() {
         matches!(outcome, FileOutcome::Ran(ref r) if r.passed()),
         "{outcome:?}"
     );
+}
+
+/// Regression guard: a scenario may create objects with the names the machine's own
+/// objects have (eth0, ifb0, a namespace called eth0, lo down); in the sandbox they
+/// are other objects, and the machine's stay as they were.
+#[test]
+fn names_that_exist_on_the_machine_are_the_sandboxs_own() {
+    common::require_root();
+    let before = machine_state();
+    let FileOutcome::Ran(record) =
+        netscenario::run_file(Path::new("tests/fixtures/same-names.toml"))
+    else {
+        panic!("fixture did not run")
+    };
+    assert!(record.passed(), "{}", report::render(&record));
+    assert_eq!(before, machine_state());
 }
