@@ -57,35 +57,8 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Every scenario file named, directories expanded recursively, sorted.
-fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        let mut entries: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|e| e == "toml") {
-                out.push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            walk(p, &mut out);
-        } else {
-            out.push(p.clone());
-        }
-    }
-    out
-}
-
 fn check(paths: &[PathBuf]) -> (u8, Vec<scenario::Scenario>) {
-    let files = expand(paths);
+    let files = scenario::find_files(paths);
     if files.is_empty() {
         eprintln!("error: no scenario files (*.toml) found in {paths:?}");
         return (INVALID_SCENARIO, vec![]);

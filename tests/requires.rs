@@ -3,25 +3,10 @@
 //! reason, when it does not: never as passed, never as failed. libtest-mimic, since
 //! the standard harness cannot ignore a test at run time.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use netscenario::{report, runner, scenario};
-
-fn files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            files(&p, out);
-        } else if p.extension().is_some_and(|e| e == "toml") {
-            out.push(p);
-        }
-    }
-}
 
 fn run(path: &Path) -> Result<Completion, Failed> {
     if !nix::unistd::geteuid().is_root() {
@@ -55,9 +40,7 @@ fn run(path: &Path) -> Result<Completion, Failed> {
 fn main() {
     let args = Arguments::from_args();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut paths = Vec::new();
-    files(&root.join("scenarios/requires"), &mut paths);
-    let trials = paths
+    let trials = scenario::find_files(&[root.join("scenarios/requires")])
         .into_iter()
         .map(|p| {
             let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();

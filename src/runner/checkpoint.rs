@@ -155,6 +155,24 @@ async fn explain(
     )
 }
 
+/// A firewall check that could not read its state: why (the reader's errors, or the
+/// namespace being gone).
+fn unreadable(label: String, what: &str, netns: &str, now: &FirewallSnapshot) -> FirewallCheck {
+    let why = now
+        .get(netns)
+        .map(|n| n.errors.join("; "))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("namespace `{netns}` does not exist"));
+    FirewallCheck {
+        label,
+        items: vec![FirewallItem {
+            what: what.into(),
+            ok: false,
+            observed: Some(why),
+        }],
+    }
+}
+
 fn check_iptables(
     e: &IptablesExpect,
     last: &FirewallSnapshot,
@@ -164,19 +182,7 @@ fn check_iptables(
     let label = format!("{cmd} {} in {}", e.table, e.netns);
     let table = now.get(&e.netns).and_then(|n| n.table(e.ipv6, &e.table));
     let Some(table) = table else {
-        let why = now
-            .get(&e.netns)
-            .map(|n| n.errors.join("; "))
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| format!("namespace `{}` does not exist", e.netns));
-        return FirewallCheck {
-            label,
-            items: vec![FirewallItem {
-                what: "table readable".into(),
-                ok: false,
-                observed: Some(why),
-            }],
-        };
+        return unreadable(label, "table readable", &e.netns, now);
     };
     let before = last.get(&e.netns).and_then(|n| n.table(e.ipv6, &e.table));
     let chain_rules = |chain: &str| -> String {
@@ -238,19 +244,7 @@ fn check_iptables(
 fn check_nft(e: &NftExpect, last: &FirewallSnapshot, now: &FirewallSnapshot) -> FirewallCheck {
     let label = format!("nft in {}", e.netns);
     let Some(state) = now.get(&e.netns).and_then(|n| n.nft.as_ref()) else {
-        let why = now
-            .get(&e.netns)
-            .map(|n| n.errors.join("; "))
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| format!("namespace `{}` does not exist", e.netns));
-        return FirewallCheck {
-            label,
-            items: vec![FirewallItem {
-                what: "ruleset readable".into(),
-                ok: false,
-                observed: Some(why),
-            }],
-        };
+        return unreadable(label, "ruleset readable", &e.netns, now);
     };
     let before = last.get(&e.netns).and_then(|n| n.nft.as_ref());
     let names = || -> String {

@@ -162,13 +162,8 @@ pub fn run(
     sink(Event::ScenarioStarted { scenario });
     if let Some(reason) = requirement::missing(&scenario.requires) {
         let record = RunRecord {
-            name: scenario.name.clone(),
-            about: scenario.about.clone(),
-            source: scenario.source.clone(),
-            path: scenario.path.display().to_string(),
-            steps: Vec::new(),
-            machine_changed: Vec::new(),
             skipped: Some(reason),
+            ..RunRecord::empty(scenario)
         };
         sink(Event::ScenarioFinished { record: &record });
         return Ok(record);
@@ -191,15 +186,7 @@ fn run_in(
         .enable_all()
         .build()
         .expect("a current-thread tokio runtime");
-    let mut record = RunRecord {
-        name: scenario.name.clone(),
-        about: scenario.about.clone(),
-        source: scenario.source.clone(),
-        path: scenario.path.display().to_string(),
-        steps: Vec::new(),
-        machine_changed: Vec::new(),
-        skipped: None,
-    };
+    let mut record = RunRecord::empty(scenario);
     let mut stopped = false;
     let mut state = checkpoint::CheckpointState::new(scenario);
     for step in &scenario.steps {

@@ -102,6 +102,19 @@ impl StepRecord {
 }
 
 impl RunRecord {
+    /// The record of a run of `scenario` before any step ran.
+    pub fn empty(scenario: &crate::scenario::Scenario) -> RunRecord {
+        RunRecord {
+            name: scenario.name.clone(),
+            about: scenario.about.clone(),
+            source: scenario.source.clone(),
+            path: scenario.path.display().to_string(),
+            steps: Vec::new(),
+            machine_changed: Vec::new(),
+            skipped: None,
+        }
+    }
+
     pub fn passed(&self) -> bool {
         self.machine_changed.is_empty() && self.steps.iter().all(StepRecord::passed)
     }

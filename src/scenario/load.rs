@@ -20,6 +20,34 @@ use crate::probe::outcome::ProbeTiming;
 
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Every scenario file named: files as given, directories searched recursively for
+/// `*.toml`, each directory's entries in sorted order.
+pub fn find_files(paths: &[PathBuf]) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut entries: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|e| e == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
 /// Read and validate one scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
     let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
@@ -471,21 +499,7 @@ impl Validator<'_> {
         } else if let Some(t) = &raw.iptables {
             let span = t.span();
             let t = t.get_ref();
-            let table = t
-                .table
-                .as_ref()
-                .map(|t| t.get_ref().clone())
-                .unwrap_or_else(|| "filter".into());
-            if let Some(ts) = &t.table {
-                if !["filter", "nat", "mangle", "raw", "security"].contains(&table.as_str()) {
-                    self.err(
-                        ts.span(),
-                        format!("`{table}` is not an iptables table"),
-                        "here",
-                        "one of filter, nat, mangle, raw, security",
-                    );
-                }
-            }
+            let table = self.iptables_table(&t.table);
             let ops: Vec<(IptablesOp, Range<usize>)> = [
                 t.append
                     .as_ref()
@@ -637,21 +651,7 @@ impl Validator<'_> {
                     Some(n) => self.known_netns(known, n).unwrap_or_default(),
                     None => step.netns.clone(),
                 };
-                let table = ie
-                    .table
-                    .as_ref()
-                    .map(|t| t.get_ref().clone())
-                    .unwrap_or_else(|| "filter".into());
-                if let Some(ts) = &ie.table {
-                    if !["filter", "nat", "mangle", "raw", "security"].contains(&table.as_str()) {
-                        self.err(
-                            ts.span(),
-                            format!("`{table}` is not an iptables table"),
-                            "here",
-                            "one of filter, nat, mangle, raw, security",
-                        );
-                    }
-                }
+                let table = self.iptables_table(&ie.table);
                 let mut policies = Vec::new();
                 for (chain, p) in &ie.policy {
                     if !["ACCEPT", "DROP"].contains(&p.get_ref().as_str()) {
@@ -757,6 +757,23 @@ impl Validator<'_> {
             }
         }
         out
+    }
+
+    /// The table an iptables action or expectation names; `filter` when absent.
+    fn iptables_table(&mut self, table: &Option<Spanned<String>>) -> String {
+        let Some(t) = table else {
+            return "filter".into();
+        };
+        let name = t.get_ref();
+        if !["filter", "nat", "mangle", "raw", "security"].contains(&name.as_str()) {
+            self.err(
+                t.span(),
+                format!("`{name}` is not an iptables table"),
+                "here",
+                "one of filter, nat, mangle, raw, security",
+            );
+        }
+        name.clone()
     }
 
     fn ifname(&mut self, s: &Spanned<String>) {

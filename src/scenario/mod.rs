@@ -7,7 +7,7 @@ mod model;
 mod raw;
 
 pub use error::{InvalidScenario, Problem, ScenarioError};
-pub use load::{load, parse, parse_duration};
+pub use load::{find_files, load, parse, parse_duration};
 pub use model::*;
 
 /// The invariant the fuzz target checks, shared with the regression tests over its
