@@ -12,8 +12,8 @@ use toml::Spanned;
 use super::error::{Problems, ScenarioError};
 use super::matrix;
 use super::model::{
-    Action, CountCmp, Expect, IptablesExpect, IptablesOp, MasterChange, Matrix, NftExpect, Peer,
-    PortMatrix, Scenario, Step, HOST, L4,
+    Action, CaptureConfig, CountCmp, Expect, IptablesExpect, IptablesOp, MasterChange, Matrix,
+    NftExpect, PacketExpect, Peer, PortMatrix, Scenario, Step, HOST, L4,
 };
 use super::raw::{RawFile, RawStep, RawTiming};
 use crate::probe::outcome::ProbeTiming;
@@ -83,6 +83,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
         problems: &mut problems,
         path: path.to_path_buf(),
         step: None,
+        capture: None,
     }
     .scenario(raw);
     match problems.into_error() {
@@ -129,6 +130,7 @@ struct Validator<'a> {
     path: PathBuf,
     /// The step being validated, to name it in messages: (index, name).
     step: Option<(usize, String)>,
+    capture: Option<CaptureConfig>,
 }
 
 impl Validator<'_> {
@@ -225,6 +227,30 @@ impl Validator<'_> {
                 );
             }
         }
+        let capture = header.capture.as_ref().map(|c| {
+            let c = c.get_ref();
+            CaptureConfig {
+                all: c.all,
+                on: c
+                    .on
+                    .iter()
+                    .map(|o| {
+                        let o = o.get_ref();
+                        (
+                            o.netns.get_ref().clone(),
+                            o.iface.get_ref().clone(),
+                            o.filter.as_ref().map(|f| f.get_ref().clone()),
+                        )
+                    })
+                    .collect(),
+            }
+        });
+        if let Some(c) = header.capture.as_ref() {
+            if !c.get_ref().all && c.get_ref().on.is_empty() {
+                self.err(c.span(), "`capture` captures nothing", "here", "say `all = true`, or list interfaces: on = [{ netns = \"host\", iface = \"br0\" }]");
+            }
+        }
+        self.capture = capture.clone();
         let mut known = vec![HOST.to_string()];
         let mut steps = Vec::new();
         for (i, raw_step) in raw.step.into_iter().enumerate() {
@@ -257,6 +283,7 @@ impl Validator<'_> {
             timing,
             step_timeout,
             requires,
+            capture,
             steps,
         })
     }
@@ -687,6 +714,39 @@ impl Validator<'_> {
                     absent,
                     counts,
                 });
+            }
+            for pe in &e.packets {
+                let pe = pe.get_ref();
+                let Some((ns, iface)) = pe.on.get_ref().split_once(':') else {
+                    self.err(pe.on.span(), format!("`{}` names no interface", pe.on.get_ref()), "here", "write namespace:interface, e.g. \"host:br0\"");
+                    continue;
+                };
+                if !known.iter().any(|k| k == ns) {
+                    self.err(pe.on.span(), format!("unknown namespace `{ns}`"), "not created by an earlier step", &format!("namespaces known at this step: {}", known.join(", ")));
+                    continue;
+                }
+                if !self.capture.as_ref().is_some_and(|c| c.covers(ns, iface)) {
+                    self.err(pe.on.span(), format!("`{ns}:{iface}` is not captured"), "no capture here", "capture it: [scenario.capture] all = true, or on = [{ netns = \"...\", iface = \"...\" }]");
+                }
+                let (pattern, seen) = match (&pe.seen, &pe.not_seen) {
+                    (Some(p), None) => (p.get_ref().clone(), true),
+                    (None, Some(p)) => (p.get_ref().clone(), false),
+                    _ => {
+                        self.err(pe.on.span(), "a packet expectation takes exactly one of `seen` and `not_seen`", "here", "seen = \"icmp echo request 10.0.0.1 > 10.0.0.2\" or not_seen = \"icmp echo reply\"");
+                        continue;
+                    }
+                };
+                let count = pe.count.as_ref().and_then(|c| {
+                    if !seen {
+                        self.err(c.span(), "`count` goes with `seen`", "here", "not_seen means a count of 0");
+                    }
+                    let parsed = CountCmp::parse(c.get_ref());
+                    if parsed.is_none() {
+                        self.err(c.span(), format!("`{}` is not a packet count", c.get_ref()), "here", "a number or a comparison: \"3\", \">0\", \">=2\"");
+                    }
+                    parsed
+                });
+                step.expect.packets.push(PacketExpect { netns: ns.into(), iface: iface.into(), pattern, seen, count });
             }
             for ne in &e.nft {
                 let ne = ne.get_ref();

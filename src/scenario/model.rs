@@ -24,7 +24,34 @@ pub struct Scenario {
     pub step_timeout: Duration,
     /// Kernel features (see `requirement::FEATURES`) and tools the scenario needs.
     pub requires: Vec<String>,
+    pub capture: Option<CaptureConfig>,
     pub steps: Vec<Step>,
+}
+
+/// What to capture: every interface of every namespace, or chosen ones.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CaptureConfig {
+    pub all: bool,
+    /// (namespace, interface, BPF filter)
+    pub on: Vec<(String, String, Option<String>)>,
+}
+
+impl CaptureConfig {
+    pub fn covers(&self, netns: &str, iface: &str) -> bool {
+        self.all || self.on.iter().any(|(n, i, _)| n == netns && i == iface)
+    }
+}
+
+/// A packet that must (or must not) be seen on an interface during a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PacketExpect {
+    pub netns: String,
+    pub iface: String,
+    /// Matched against the one-line summaries, as a substring.
+    pub pattern: String,
+    pub seen: bool,
+    /// How many matching packets (with `seen`); at least one when absent.
+    pub count: Option<CountCmp>,
 }
 
 impl Scenario {
@@ -302,6 +329,7 @@ pub struct Expect {
     pub udp: Vec<PortMatrix>,
     pub iptables: Vec<IptablesExpect>,
     pub nft: Vec<NftExpect>,
+    pub packets: Vec<PacketExpect>,
     pub stdout_contains: Vec<String>,
     pub timing: Option<ProbeTiming>,
 }
@@ -315,6 +343,7 @@ impl Expect {
             || !self.udp.is_empty()
             || !self.iptables.is_empty()
             || !self.nft.is_empty()
+            || !self.packets.is_empty()
     }
 }
 

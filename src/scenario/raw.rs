@@ -30,6 +30,41 @@ pub struct RawHeader {
     /// scenario is reported as skipped.
     #[serde(default)]
     pub requires: Vec<Spanned<String>>,
+    /// Packet capture with libpcap.
+    #[serde(default)]
+    pub capture: Option<Spanned<RawCapture>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCapture {
+    /// Every interface of every namespace.
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub on: Vec<Spanned<RawCaptureOn>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCaptureOn {
+    pub netns: Spanned<String>,
+    pub iface: Spanned<String>,
+    #[serde(default)]
+    pub filter: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPacketExpect {
+    /// `namespace:interface`
+    pub on: Spanned<String>,
+    #[serde(default)]
+    pub seen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub not_seen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub count: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -194,6 +229,8 @@ pub struct RawExpect {
     pub iptables: Vec<Spanned<RawIptablesExpect>>,
     #[serde(default)]
     pub nft: Vec<Spanned<RawNftExpect>>,
+    #[serde(default)]
+    pub packets: Vec<Spanned<RawPacketExpect>>,
     #[serde(default)]
     pub stdout_contains: Option<Vec<Spanned<String>>>,
     #[serde(default)]
