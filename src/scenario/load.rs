@@ -718,11 +718,21 @@ impl Validator<'_> {
             for pe in &e.packets {
                 let pe = pe.get_ref();
                 let Some((ns, iface)) = pe.on.get_ref().split_once(':') else {
-                    self.err(pe.on.span(), format!("`{}` names no interface", pe.on.get_ref()), "here", "write namespace:interface, e.g. \"host:br0\"");
+                    self.err(
+                        pe.on.span(),
+                        format!("`{}` names no interface", pe.on.get_ref()),
+                        "here",
+                        "write namespace:interface, e.g. \"host:br0\"",
+                    );
                     continue;
                 };
                 if !known.iter().any(|k| k == ns) {
-                    self.err(pe.on.span(), format!("unknown namespace `{ns}`"), "not created by an earlier step", &format!("namespaces known at this step: {}", known.join(", ")));
+                    self.err(
+                        pe.on.span(),
+                        format!("unknown namespace `{ns}`"),
+                        "not created by an earlier step",
+                        &format!("namespaces known at this step: {}", known.join(", ")),
+                    );
                     continue;
                 }
                 if !self.capture.as_ref().is_some_and(|c| c.covers(ns, iface)) {
@@ -738,15 +748,31 @@ impl Validator<'_> {
                 };
                 let count = pe.count.as_ref().and_then(|c| {
                     if !seen {
-                        self.err(c.span(), "`count` goes with `seen`", "here", "not_seen means a count of 0");
+                        self.err(
+                            c.span(),
+                            "`count` goes with `seen`",
+                            "here",
+                            "not_seen means a count of 0",
+                        );
                     }
                     let parsed = CountCmp::parse(c.get_ref());
                     if parsed.is_none() {
-                        self.err(c.span(), format!("`{}` is not a packet count", c.get_ref()), "here", "a number or a comparison: \"3\", \">0\", \">=2\"");
+                        self.err(
+                            c.span(),
+                            format!("`{}` is not a packet count", c.get_ref()),
+                            "here",
+                            "a number or a comparison: \"3\", \">0\", \">=2\"",
+                        );
                     }
                     parsed
                 });
-                step.expect.packets.push(PacketExpect { netns: ns.into(), iface: iface.into(), pattern, seen, count });
+                step.expect.packets.push(PacketExpect {
+                    netns: ns.into(),
+                    iface: iface.into(),
+                    pattern,
+                    seen,
+                    count,
+                });
             }
             for ne in &e.nft {
                 let ne = ne.get_ref();
