@@ -9,6 +9,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod capture;
 pub mod probe;
 pub mod report;
 pub mod runner;

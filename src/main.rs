@@ -104,7 +104,10 @@ fn run(paths: &[PathBuf], out: &Path, quiet: bool) -> u8 {
     let mut failed = 0;
     let mut skipped = 0;
     for sc in &scenarios {
-        let result = runner::run(sc, |ev| {
+        let options = runner::RunOptions {
+            artifacts: out.to_path_buf(),
+        };
+        let result = runner::run_with(sc, &options, |ev| {
             if quiet {
                 return;
             }

@@ -96,6 +96,9 @@ pub struct Explanation {
     pub reprobe: Option<ProbeOutcome>,
     pub moved: Vec<super::fwstate::Moved>,
     pub notes: Vec<String>,
+    /// Where the lone probe's packets were seen, in time order (`ns1:veth0 request`),
+    /// when interfaces are captured.
+    pub path: Vec<String>,
 }
 
 impl ObservedMatrix {

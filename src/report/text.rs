@@ -24,6 +24,15 @@ pub fn render(record: &RunRecord) -> String {
         s.push_str(&render_step(step));
         s.push('\n');
     }
+    if !record.pcaps.is_empty() {
+        s.push_str("pcap files (tcpdump -r FILE, or open in Wireshark):\n");
+        for p in &record.pcaps {
+            let _ = writeln!(s, "  {}  {}", p.label, p.path.display());
+        }
+    }
+    for e in &record.capture_errors {
+        let _ = writeln!(s, "capture: {e}");
+    }
     s.push_str(&summary(record));
     s.push('\n');
     s
@@ -136,6 +145,23 @@ pub fn render_step(step: &StepRecord) -> String {
         match check {
             Check::Matrix(m) => s.push_str(&render_matrix(m)),
             Check::Firewall(f) => s.push_str(&render_firewall_check(f)),
+            Check::Packets(p) => {
+                if p.ok {
+                    let _ = writeln!(s, "  expect packets {} ... yes", p.what);
+                } else {
+                    let _ = writeln!(
+                        s,
+                        "  expect packets {} ... NO* ({} matching)",
+                        p.what, p.count
+                    );
+                    let saw = if p.saw.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        p.saw.join(" | ")
+                    };
+                    let _ = writeln!(s, "    the interface saw: {saw}");
+                }
+            }
             Check::Stdout { needle, found } => {
                 let _ = writeln!(
                     s,
@@ -143,6 +169,15 @@ pub fn render_step(step: &StepRecord) -> String {
                     needle,
                     if *found { "yes" } else { "NO" }
                 );
+            }
+        }
+    }
+    if !step.traffic.is_empty() {
+        let _ = writeln!(s, "  packets during the probes:");
+        for t in &step.traffic {
+            let _ = writeln!(s, "    {}", t.label);
+            for l in &t.lines {
+                let _ = writeln!(s, "      {l}");
             }
         }
     }
@@ -309,6 +344,12 @@ pub fn render_matrix(m: &ObservedMatrix) -> String {
         }
         for mv in &e.moved {
             let _ = writeln!(s, "      {mv}");
+        }
+        if !e.path.is_empty() {
+            let _ = writeln!(s, "      seen on, in order:");
+            for p in &e.path {
+                let _ = writeln!(s, "        {p}");
+            }
         }
         for n in &e.notes {
             let _ = writeln!(s, "      {n}");

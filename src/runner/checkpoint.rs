@@ -6,12 +6,21 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::record::{Check, FirewallCheck, FirewallItem};
+use super::record::{Check, FirewallCheck, FirewallItem, IfaceTraffic, PacketCheck};
+use crate::capture::{Capture, PacketLine};
 use crate::probe::fwstate::{self, FirewallSnapshot};
 use crate::probe::outcome::{ProbeOutcome, ProbeTiming};
 use crate::probe::reach::{self, Explanation, ObservedMatrix, ProbeKind};
 use crate::sandbox::Sandbox;
-use crate::scenario::{FirewallScope, IptablesExpect, NftExpect, Scenario, Step};
+use crate::scenario::{FirewallScope, IptablesExpect, NftExpect, PacketExpect, Scenario, Step};
+
+/// What a checkpoint observed.
+#[derive(Default)]
+pub struct CheckpointOutput {
+    pub checks: Vec<Check>,
+    pub firewall: Option<FirewallSnapshot>,
+    pub traffic: Vec<IfaceTraffic>,
+}
 
 /// What carries from one checkpoint to the next: the counters of the previous one.
 pub struct CheckpointState {
@@ -42,7 +51,8 @@ pub async fn run(
     scenario: &Scenario,
     step: &Step,
     state: &mut CheckpointState,
-) -> (Vec<Check>, Option<FirewallSnapshot>) {
+    capture: Option<&Capture>,
+) -> CheckpointOutput {
     let timing = step.expect.timing.unwrap_or(scenario.timing);
     let e = &step.expect;
     let ns = &state.namespaces;
@@ -62,14 +72,19 @@ pub async fn run(
         };
         wanted.push((&pm.matrix, kind));
     }
+    if !e.is_checkpoint() {
+        return CheckpointOutput::default();
+    }
+    let m0 = capture.map(|c| c.mark());
     let mut matrices: Vec<ObservedMatrix> = if wanted.is_empty() {
         Vec::new()
     } else {
         reach::check_all(sb, &wanted, &timing, ns).await
     };
-    if !e.is_checkpoint() {
-        return (matrices.into_iter().map(Check::Matrix).collect(), None);
-    }
+    let packets: Vec<PacketLine> = match (capture, m0) {
+        (Some(c), Some(m0)) => c.between(m0, c.mark()),
+        _ => Vec::new(),
+    };
 
     let now = fwstate::snapshot(sb, ns, &state.scope);
     let mut checks: Vec<Check> = Vec::new();
@@ -80,6 +95,9 @@ pub async fn run(
     for ne in &e.nft {
         fw_checks.push(Check::Firewall(check_nft(ne, &state.last, &now)));
     }
+    for pe in &e.packets {
+        fw_checks.push(Check::Packets(check_packets(pe, &packets)));
+    }
 
     // Explanations. Their packets must not count towards the next checkpoint, so
     // the baseline becomes the last snapshot taken here.
@@ -88,7 +106,8 @@ pub async fn run(
         for (row, col) in m.mismatched_cells() {
             let Ok(dst) = m.targets[col] else { continue };
             let src = m.sources[row].clone();
-            let (explanation, after) = explain(sb, state, &src, dst, m.kind, row, col, &last).await;
+            let (explanation, after) =
+                explain(sb, state, capture, &src, dst, m.kind, row, col, &last).await;
             m.explanations.push(explanation);
             last = after;
         }
@@ -96,13 +115,107 @@ pub async fn run(
     state.last = last;
     checks.extend(matrices.into_iter().map(Check::Matrix));
     checks.extend(fw_checks);
-    (checks, Some(now))
+    CheckpointOutput {
+        checks,
+        firewall: Some(now),
+        traffic: traffic(&packets),
+    }
+}
+
+/// Whether a packet's summary belongs in a report: what the kernel sends by itself on
+/// its own schedule (IPv6 multicast listener reports, router solicitations) and a TCP
+/// connection's ACKs and FINs (whose timing around the end of a probe varies) are
+/// left out; handshakes (SYN, SYN-ACK) and RSTs stay.
+fn reportable(summary: &str) -> bool {
+    if summary.starts_with("icmp6 mld") || summary.starts_with("icmp6 router") {
+        return false;
+    }
+    if summary.starts_with("tcp ") {
+        let flags = summary.rsplit_once('[').map(|(_, f)| f).unwrap_or("");
+        return flags.contains('S') || flags.contains('R');
+    }
+    true
+}
+
+/// Per interface, sorted by label, the distinct reportable summaries, sorted.
+fn traffic(packets: &[PacketLine]) -> Vec<IfaceTraffic> {
+    let mut by: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    for p in packets.iter().filter(|p| reportable(&p.summary)) {
+        by.entry(format!("{}:{}", p.netns, p.iface))
+            .or_default()
+            .insert(p.summary.clone());
+    }
+    by.into_iter()
+        .map(|(label, lines)| IfaceTraffic {
+            label,
+            lines: lines.into_iter().collect(),
+        })
+        .collect()
+}
+
+fn check_packets(e: &PacketExpect, packets: &[PacketLine]) -> PacketCheck {
+    let on: Vec<&PacketLine> = packets
+        .iter()
+        .filter(|p| p.netns == e.netns && p.iface == e.iface)
+        .collect();
+    let count = on.iter().filter(|p| p.summary.contains(&e.pattern)).count();
+    let ok = if e.seen {
+        match e.count {
+            Some(c) => c.holds(count as u64),
+            None => count > 0,
+        }
+    } else {
+        count == 0
+    };
+    let word = if e.seen { "seen" } else { "not seen" };
+    let mut what = format!("{word} {:?} on {}:{}", e.pattern, e.netns, e.iface);
+    if let Some(c) = e.count {
+        what.push_str(&format!(" (count {c})"));
+    }
+    let mut saw: Vec<String> = on
+        .iter()
+        .filter(|p| reportable(&p.summary))
+        .map(|p| p.summary.clone())
+        .collect();
+    saw.sort();
+    saw.dedup();
+    PacketCheck {
+        what,
+        ok,
+        count,
+        saw,
+    }
+}
+
+/// Where the packets to and from `dst` went, in time order: `ns1:veth0 icmp echo
+/// request 10.0.0.1 > 10.0.0.2`.
+fn path_of(packets: &[PacketLine], dst: IpAddr) -> Vec<String> {
+    let d = dst.to_string();
+    let mut on_path: Vec<&PacketLine> = packets
+        .iter()
+        .filter(|p| reportable(&p.summary))
+        .filter(|p| {
+            p.summary.contains(&format!("> {d}"))
+                || p.summary.contains(&format!("{d} >"))
+                || p.summary.contains(&format!("> {d}:"))
+                || p.summary.contains(&format!(" {d}:"))
+                || p.summary.contains(&format!("who-has {d} "))
+                || p.summary.ends_with(&format!("who-has {d}"))
+        })
+        .collect();
+    on_path.sort_by_key(|p| p.ts_ns);
+    on_path
+        .into_iter()
+        .map(|p| format!("{}:{} {}", p.netns, p.iface, p.summary))
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn explain(
     sb: &Sandbox,
     state: &CheckpointState,
+    capture: Option<&Capture>,
     src: &str,
     dst: IpAddr,
     kind: ProbeKind,
@@ -123,6 +236,7 @@ async fn explain(
             .ok()
             .flatten();
     }
+    let m0 = capture.map(|c| c.mark());
     let reprobe = match reach::probe_cells(sb, src, &[(dst, false)], kind, &EXPLAIN) {
         Ok(mut o) => o.pop(),
         Err(e) => {
@@ -131,6 +245,10 @@ async fn explain(
         }
     };
     drop(listener);
+    let path = match (capture, m0) {
+        (Some(c), Some(m0)) => path_of(&c.between(m0, c.mark()), dst),
+        _ => Vec::new(),
+    };
     let after = fwstate::snapshot(sb, &state.namespaces, &state.scope);
     let moved = fwstate::moved(before, &after);
     match &reprobe {
@@ -150,6 +268,7 @@ async fn explain(
             reprobe,
             moved,
             notes,
+            path,
         },
         after,
     )

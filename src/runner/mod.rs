@@ -8,11 +8,12 @@ pub mod events;
 pub mod record;
 pub mod requirement;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use events::Event;
 pub use record::*;
 
+use crate::capture::{Capture, CaptureSpec, CaptureTarget};
 use crate::error_chain;
 use crate::sandbox::{self, Sandbox, SandboxError};
 use crate::scenario::{Action, Scenario, Step};
@@ -154,9 +155,30 @@ pub(crate) fn on_path(tool: &str) -> bool {
     .any(|d| Path::new(d).join(tool).is_file())
 }
 
+/// Where a run puts what it leaves for the user (pcap files).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Each scenario's files go to `<artifacts>/<scenario name>/`.
+    pub artifacts: PathBuf,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            artifacts: PathBuf::from("target/netscenario"),
+        }
+    }
+}
+
+/// Run one validated scenario in a fresh sandbox, with default options.
+pub fn run(scenario: &Scenario, sink: impl FnMut(Event<'_>) + Send) -> Result<RunRecord, EnvError> {
+    run_with(scenario, &RunOptions::default(), sink)
+}
+
 /// Run one validated scenario in a fresh sandbox.
-pub fn run(
+pub fn run_with(
     scenario: &Scenario,
+    options: &RunOptions,
     mut sink: impl FnMut(Event<'_>) + Send,
 ) -> Result<RunRecord, EnvError> {
     sink(Event::ScenarioStarted { scenario });
@@ -171,7 +193,7 @@ pub fn run(
     let sysctls = scenario.sysctl_keys();
     let before = sandbox::guard::machine_view(&sysctls);
     let mut record =
-        sandbox::run(|sb| run_in(sb, scenario, &mut sink)).map_err(EnvError::Sandbox)?;
+        sandbox::run(|sb| run_in(sb, scenario, options, &mut sink)).map_err(EnvError::Sandbox)?;
     record.machine_changed = before.diff(&sandbox::guard::machine_view(&sysctls));
     sink(Event::ScenarioFinished { record: &record });
     Ok(record)
@@ -180,6 +202,7 @@ pub fn run(
 fn run_in(
     sb: &Sandbox,
     scenario: &Scenario,
+    options: &RunOptions,
     sink: &mut (impl FnMut(Event<'_>) + Send),
 ) -> RunRecord {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -187,6 +210,31 @@ fn run_in(
         .build()
         .expect("a current-thread tokio runtime");
     let mut record = RunRecord::empty(scenario);
+    // Capture starts before the first step, so every packet from the first on is seen.
+    let capture = scenario.capture.as_ref().and_then(|c| {
+        let spec = CaptureSpec {
+            all: c.all,
+            targets: c
+                .on
+                .iter()
+                .map(|(netns, iface, filter)| CaptureTarget {
+                    netns: netns.clone(),
+                    iface: iface.clone(),
+                    filter: filter.clone(),
+                })
+                .collect(),
+        };
+        let dir = options.artifacts.join(&scenario.name);
+        match Capture::start(sb, &spec, &dir) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                record
+                    .capture_errors
+                    .push(format!("capture did not start: {}", crate::error_chain(&e)));
+                None
+            }
+        }
+    });
     let mut stopped = false;
     let mut state = checkpoint::CheckpointState::new(scenario);
     for step in &scenario.steps {
@@ -204,6 +252,7 @@ fn run_in(
             outcome: ActionOutcome::NotRun,
             checks: Vec::new(),
             firewall: None,
+            traffic: Vec::new(),
         };
         if stopped {
             record.steps.push(rec);
@@ -214,14 +263,42 @@ fn run_in(
         if rec.failed() {
             stopped = true;
         } else {
-            let (mut checks, firewall) =
-                rt.block_on(checkpoint::run(sb, scenario, step, &mut state));
-            checks.extend(stdout_checks(step, &rec.outcome));
-            rec.checks = checks;
-            rec.firewall = firewall;
+            let out = rt.block_on(checkpoint::run(
+                sb,
+                scenario,
+                step,
+                &mut state,
+                capture.as_ref(),
+            ));
+            rec.checks = out.checks;
+            rec.checks.extend(stdout_checks(step, &rec.outcome));
+            rec.firewall = out.firewall;
+            rec.traffic = out.traffic;
         }
         sink(Event::StepFinished { record: &rec });
         record.steps.push(rec);
+    }
+    if let Some(c) = capture {
+        let report = c.stop_report();
+        record.pcaps = report
+            .files
+            .into_iter()
+            .map(|f| PcapArtifact {
+                label: format!("{}:{}", f.netns, f.iface),
+                path: f.path,
+                packets: f.packets,
+            })
+            .collect();
+        record.pcaps.sort_by(|a, b| a.label.cmp(&b.label));
+        record
+            .capture_errors
+            .extend(report.errors.iter().map(|e| crate::error_chain(e)));
+        for s in report.stats.iter().filter(|s| s.dropped > 0) {
+            record.capture_errors.push(format!(
+                "the capture in `{}` lost {} packets (buffer full)",
+                s.netns, s.dropped
+            ));
+        }
     }
     drop(rt);
     record

@@ -16,6 +16,10 @@ pub struct RunRecord {
     pub machine_changed: Vec<String>,
     /// Why the scenario was not run: a requirement the machine does not meet.
     pub skipped: Option<String>,
+    /// The pcap files written, one per captured interface.
+    pub pcaps: Vec<PcapArtifact>,
+    /// What went wrong with the capture itself (it does not fail the run).
+    pub capture_errors: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +35,26 @@ pub struct StepRecord {
     pub checks: Vec<Check>,
     /// Firewall state of every namespace at this checkpoint (after its probes).
     pub firewall: Option<FirewallSnapshot>,
+    /// What crossed each captured interface during this checkpoint's probes.
+    pub traffic: Vec<IfaceTraffic>,
+}
+
+/// The packets one captured interface saw during a checkpoint: distinct one-line
+/// summaries, sorted (how many of each depends on timing, which ones does not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfaceTraffic {
+    /// `namespace:interface`
+    pub label: String,
+    pub lines: Vec<String>,
+}
+
+/// A pcap file the run wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcapArtifact {
+    /// `namespace:interface`
+    pub label: String,
+    pub path: std::path::PathBuf,
+    pub packets: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +83,19 @@ pub enum Check {
     Matrix(ObservedMatrix),
     Stdout { needle: String, found: bool },
     Firewall(FirewallCheck),
+    Packets(PacketCheck),
+}
+
+/// The result of one `expect.packets` entry.
+#[derive(Debug, Clone)]
+pub struct PacketCheck {
+    /// `seen "icmp echo request 10.0.0.1 > 10.0.0.2" on host:br0 (count >=2)`
+    pub what: String,
+    pub ok: bool,
+    /// How many matching packets there were.
+    pub count: usize,
+    /// What the interface did see, shown when the check fails.
+    pub saw: Vec<String>,
 }
 
 /// The result of one `expect.iptables` or `expect.nft` table.
@@ -84,6 +121,7 @@ impl Check {
             Check::Matrix(m) => m.mismatches() == 0,
             Check::Stdout { found, .. } => *found,
             Check::Firewall(f) => f.items.iter().all(|i| i.ok),
+            Check::Packets(p) => p.ok,
         }
     }
 }
@@ -112,6 +150,8 @@ impl RunRecord {
             steps: Vec::new(),
             machine_changed: Vec::new(),
             skipped: None,
+            pcaps: Vec::new(),
+            capture_errors: Vec::new(),
         }
     }
 
