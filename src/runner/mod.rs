@@ -259,7 +259,7 @@ fn run_in(
             continue;
         }
         sink(Event::StepStarted { step });
-        rec.outcome = rt.block_on(run_action(sb, scenario, step));
+        rec.outcome = rt.block_on(run_action(sb, step));
         if rec.failed() {
             stopped = true;
         } else {
@@ -304,7 +304,7 @@ fn run_in(
     record
 }
 
-async fn run_action(sb: &Sandbox, scenario: &Scenario, step: &Step) -> ActionOutcome {
+async fn run_action(sb: &Sandbox, step: &Step) -> ActionOutcome {
     let Some(action) = &step.action else {
         return ActionOutcome::NoAction;
     };
@@ -324,13 +324,10 @@ async fn run_action(sb: &Sandbox, scenario: &Scenario, step: &Step) -> ActionOut
                 Err(e) => ActionOutcome::Failed(error_chain(&e)),
             }
         }
-        typed_action => {
-            let _ = scenario;
-            match typed::apply(sb, &step.netns, typed_action).await {
-                Ok(()) => ActionOutcome::Done { output: None },
-                Err(e) => ActionOutcome::Failed(error_chain(&e)),
-            }
-        }
+        typed_action => match typed::apply(sb, &step.netns, typed_action).await {
+            Ok(()) => ActionOutcome::Done { output: None },
+            Err(e) => ActionOutcome::Failed(error_chain(&e)),
+        },
     }
 }
 
