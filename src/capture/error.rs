@@ -41,8 +41,8 @@ pub enum CaptureError {
     },
     #[error("failed to start a capture thread")]
     SpawnThread(#[source] std::io::Error),
-    #[error("failed to start the event loop of the capture in `{netns}`")]
-    EventLoop {
+    #[error("failed to wait for packets and link events in `{netns}`")]
+    Poll {
         netns: String,
         #[source]
         source: std::io::Error,

@@ -13,11 +13,13 @@
 //! gone, so that its file is closed. A packet of an interface netlink has not
 //! reported yet is named by `if_indextoname` on the spot.
 //!
-//! The thread sleeps in `poll(2)` on three descriptors: the capture socket (packets
-//! in the kernel's ring), the netlink socket (link events) and its command channel's
-//! wakeup socket ([`Commands`]), so it costs nothing while nothing happens. It ends
-//! on [`Command::Stop`] (or when every sender is gone), after reading what is left in
-//! the kernel's ring and closing every file.
+//! The kernel fills a ring of blocks and hands a block over when it is full or
+//! [`BLOCK_TIMEOUT_MS`] old (TPACKET_V3): a packet reaches the thread at most
+//! [`DELIVERY_DELAY`] after it was captured, and a flood costs one wakeup per block.
+//! The thread sleeps in `poll(2)` on the capture socket, the netlink socket and its
+//! [`Mailbox`] of [`Command`]s, so it costs nothing while nothing happens. It ends on
+//! [`Command::Stop`] (or when every mailbox is dropped), after reading what is left
+//! in the ring and closing every file.
 
 use std::collections::HashMap;
 use std::io;
@@ -42,16 +44,19 @@ use super::summary::summarize_ether_payload;
 
 /// Size of the kernel ring of each namespace: 32 blocks of 256 KiB, which libpcap
 /// packs with whole packets (no snapshot length is set: packets are kept whole).
+/// Blocks are handed over at least every [`BLOCK_TIMEOUT_MS`], so the ring absorbs
+/// at least 32 × 4 ms = 128 ms of the thread falling behind (more when blocks
+/// fill up first): enough for a `ping -f` in a debug build on a busy 2-core machine.
 pub const BUFFER_SIZE: i32 = 8 << 20;
 /// The kernel hands a block of the ring over when it is full or when it has been
 /// open this long: packets reach the thread in batches, at most a few milliseconds
 /// late, and a flood costs one wakeup per block rather than one per packet.
 /// (`immediate_mode` would wake the thread for every packet: under `ping -f` that
 /// made the ping twice as slow as this.)
-const BLOCK_TIMEOUT_MS: i32 = 2;
+const BLOCK_TIMEOUT_MS: i32 = 4;
 /// How long after a packet is captured it is surely in the thread's hands: the
 /// block timeout, the kernel timer's granularity and some scheduling margin.
-pub const DELIVERY_DELAY: Duration = Duration::from_millis(10);
+pub const DELIVERY_DELAY: Duration = Duration::from_millis(15);
 /// Packets handled per wakeup before link events and commands get a turn.
 const BATCH: usize = 256;
 
@@ -69,7 +74,8 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub struct NetnsPlan {
     pub name: String,
-    /// Position of the namespace in reports (the order captures started).
+    /// The order this capture started in, among the capture's namespaces (it tells
+    /// apart the captures of a namespace deleted and added again).
     pub rank: u32,
     /// Capture every interface, not only `targets`.
     pub all: bool,
@@ -359,7 +365,7 @@ impl NetnsCapture {
     }
 
     fn event_err(&self, source: io::Error) -> CaptureError {
-        CaptureError::EventLoop {
+        CaptureError::Poll {
             netns: self.plan.name.clone(),
             source,
         }
@@ -499,7 +505,7 @@ impl NetnsCapture {
         let wanted = self.plan.wants(name).map(|f| f.map(str::to_string));
         let out = match wanted {
             None => None,
-            Some(filter) => match self.open_out(name, filter.as_deref()) {
+            Some(filter) => match self.open_out(index, name, filter.as_deref()) {
                 Ok(out) => Some(out),
                 Err(e) => {
                     self.shared.error(e);
@@ -510,7 +516,12 @@ impl NetnsCapture {
         self.ifaces.insert(index, Iface { out });
     }
 
-    fn open_out(&mut self, name: &str, filter: Option<&str>) -> Result<IfaceOut, CaptureError> {
+    fn open_out(
+        &mut self,
+        index: u32,
+        name: &str,
+        filter: Option<&str>,
+    ) -> Result<IfaceOut, CaptureError> {
         let filter = match filter {
             None => None,
             Some(f) => Some(
@@ -536,7 +547,7 @@ impl NetnsCapture {
         self.next_attach += 1;
         let log = self
             .shared
-            .register(&self.plan.name, self.plan.rank, attach, name, &path);
+            .register(&self.plan.name, self.plan.rank, attach, index, name, &path);
         Ok(IfaceOut {
             log,
             file,

@@ -9,8 +9,10 @@
 //! and a link that appears again (moved back, or a new link reusing a name) gets a
 //! new file, `<netns>-<iface>-2.pcap` and so on. Files are recorded with link type
 //! `LINUX_SLL2` (see [the capture module](super) for why): `tcpdump -r` and Wireshark
-//! read them and show each packet's direction; the Ethernet header itself (the MAC
-//! addresses) is not in them.
+//! read them and show each packet's direction and its sender's MAC address, but not
+//! the Ethernet header itself (no destination MAC). The interface name tcpdump
+//! prints next to each packet is whatever has that packet's interface index where
+//! tcpdump runs: the file's name is the one to believe.
 //!
 //! For reports, each packet is also kept in memory as its one-line
 //! [summary](super::summary) and its kernel timestamp, so that [`Capture::between`]
@@ -105,7 +107,7 @@ pub struct NetnsStats {
 #[derive(Debug)]
 pub struct CaptureReport {
     pub files: Vec<PcapFile>,
-    /// One entry per namespace captured, in the order their captures started.
+    /// One entry per namespace captured: `host` first, then by name.
     pub stats: Vec<NetnsStats>,
     /// What went wrong after [`Capture::start`] returned (a file that could not be
     /// written, a namespace whose capture could not start, ...).
@@ -124,12 +126,14 @@ pub struct Capture {
 impl Capture {
     /// Start capturing in a sandbox, as `spec` says, into files under `out_dir`
     /// (created if needed). When it returns, every interface that exists is being
-    /// captured; interfaces and namespaces that appear later are captured from their
-    /// first packet on (a namespace from the moment its `/run/netns` entry is
-    /// mounted).
+    /// captured, and interfaces that appear later in a captured namespace are
+    /// captured from their first packet on. A namespace created later is captured
+    /// from about 10–30 ms after `ip netns add` (libpcap's setup waits for the
+    /// kernel); [`Capture::settle`] waits for that.
     ///
     /// It must be called on the sandbox thread or a thread it spawned: the capture
-    /// watches the sandbox's own `/run/netns`.
+    /// watches the sandbox's own `/run/netns`. Stop or drop the capture before the
+    /// sandbox ends: its threads hold the sandbox's namespaces.
     pub fn start(
         sandbox: &Sandbox,
         spec: &CaptureSpec,
@@ -177,9 +181,9 @@ impl Capture {
 
     /// Make sure every namespace that exists now is being captured: start the
     /// captures of namespaces created since the watcher last looked, and wait until
-    /// they have all started. A namespace's capture starts by itself within about
-    /// 10 ms of `ip netns add`; a runner that can wait between steps calls this after
-    /// a step so that the next step's packets are all captured.
+    /// they have all started. A namespace's capture starts by itself 10–30 ms after
+    /// `ip netns add`; a runner calls this after a step that may have created
+    /// namespaces, so that every packet of the next step is captured.
     pub fn settle(&self) {
         let Some(watch) = &self.watch else { return };
         let (tx, rx) = mpsc::channel();
@@ -196,14 +200,14 @@ impl Capture {
     }
 
     /// The packets seen from `from` (included) to `to` (excluded) on every captured
-    /// interface: interfaces in the order of their namespaces' captures (`host`
-    /// first, then namespaces as they appeared) and, within a namespace, in the order
-    /// they were first seen; packets in the order they were captured.
+    /// interface, interface by interface (`host` first, then the other namespaces by
+    /// name; within a namespace, links in the order they were created or moved in,
+    /// i.e. by index), each interface's packets in the order they were captured.
     ///
     /// Every namespace's thread first reads what the kernel has captured up to now
     /// (and flushes its files), so nothing captured before `to` is left out; if `to`
-    /// is less than 10 ms old, this first waits until it is (the kernel hands packets
-    /// over in batches, see [`netns`](super::netns)).
+    /// is less than 15 ms old, this first waits until it is (the kernel hands packets
+    /// over in batches, a few milliseconds late).
     pub fn between(&self, from: Mark, to: Mark) -> Vec<PacketLine> {
         let ready_at = to.0.saturating_add(DELIVERY_DELAY.as_nanos() as u64);
         let now = now_ns();
@@ -276,7 +280,9 @@ impl Capture {
             })
             .collect();
         let mut stats = std::mem::take(&mut *lock(&self.shared.stats));
-        stats.sort_by_key(|(rank, _)| *rank);
+        stats.sort_by(|(ra, a), (rb, b)| {
+            (a.netns != HOST, &a.netns, ra).cmp(&(b.netns != HOST, &b.netns, rb))
+        });
         CaptureReport {
             files,
             stats: stats.into_iter().map(|(_, s)| s).collect(),
@@ -383,6 +389,7 @@ impl Shared {
         netns: &str,
         netns_rank: u32,
         attach: u32,
+        ifindex: u32,
         iface: &str,
         path: &Path,
     ) -> Arc<IfaceLog> {
@@ -390,6 +397,7 @@ impl Shared {
             netns: netns.to_string(),
             netns_rank,
             attach,
+            ifindex,
             iface: iface.to_string(),
             path: path.to_path_buf(),
             inner: Mutex::new(IfaceRecord::default()),
@@ -398,9 +406,23 @@ impl Shared {
         log
     }
 
+    /// Every interface captured, in report order: `host` first, then namespaces by
+    /// name (a namespace deleted and added again: in the order of their captures);
+    /// within a namespace by index, i.e. in the order the links were created or
+    /// moved in, which unlike the order the capture saw them does not depend on
+    /// timing; a link whose capture restarted (it left and came back) after its
+    /// earlier file.
     fn ifaces_in_order(&self) -> Vec<Arc<IfaceLog>> {
         let mut v = lock(&self.ifaces).clone();
-        v.sort_by_key(|i| (i.netns_rank, i.attach));
+        v.sort_by(|a, b| {
+            (a.netns != HOST, &a.netns, a.netns_rank, a.ifindex, a.attach).cmp(&(
+                b.netns != HOST,
+                &b.netns,
+                b.netns_rank,
+                b.ifindex,
+                b.attach,
+            ))
+        });
         v
     }
 
@@ -426,6 +448,7 @@ pub struct IfaceLog {
     pub netns: String,
     netns_rank: u32,
     attach: u32,
+    ifindex: u32,
     pub iface: String,
     pub path: PathBuf,
     inner: Mutex<IfaceRecord>,

@@ -11,8 +11,8 @@
 //! capture, so that the capture's sockets do not keep a deleted namespace alive.
 //! This needs no inotify: a file creation alone would be too early anyway.
 //!
-//! A capture thread needs about 10 ms to start (libpcap's ring setup waits for an
-//! RCU grace period), so traffic in a namespace within milliseconds of its creation
+//! A capture thread needs 10–30 ms to start (libpcap's ring setup waits for an RCU
+//! grace period), so traffic in a namespace within milliseconds of its creation
 //! (in the same shell step) can precede its capture; [`WatchCommand::Settle`] waits
 //! until every namespace that exists is captured, for callers that can wait between
 //! steps.

@@ -260,6 +260,10 @@ fn run_in(
         }
         sink(Event::StepStarted { step });
         rec.outcome = rt.block_on(run_action(sb, step));
+        if let Some(c) = &capture {
+            // Namespaces the step created are being captured before the next step.
+            c.settle();
+        }
         if rec.failed() {
             stopped = true;
         } else {
