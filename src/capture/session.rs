@@ -78,6 +78,9 @@ pub struct PacketLine {
     /// When the kernel stamped it (CLOCK_REALTIME, ns): orders packets across
     /// interfaces.
     pub ts_ns: u64,
+    /// Arrival order in the capture, for packets with the same timestamp (the same
+    /// frame seen at several interfaces of a namespace).
+    pub order: u64,
 }
 
 /// A pcap file written by a capture.
@@ -226,6 +229,7 @@ impl Capture {
                         summary: p.summary.clone(),
                         seq: i as u64 + 1,
                         ts_ns: p.ts_ns,
+                        order: p.order,
                     });
                 }
             }
@@ -461,14 +465,23 @@ struct IfaceRecord {
 
 struct LoggedPacket {
     ts_ns: u64,
+    order: u64,
     summary: String,
 }
 
+/// Arrival order of packets, across interfaces: one skb seen at several capture
+/// points (a port, then its bridge) carries one timestamp, so the kernel's ts alone
+/// cannot order them; the order they came out of the namespace's ring can.
+static ARRIVAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl IfaceLog {
     pub fn push(&self, ts_ns: u64, summary: String) {
-        lock(&self.inner)
-            .packets
-            .push(LoggedPacket { ts_ns, summary });
+        let order = ARRIVAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.inner).packets.push(LoggedPacket {
+            ts_ns,
+            order,
+            summary,
+        });
     }
 
     fn lock(&self) -> MutexGuard<'_, IfaceRecord> {

@@ -99,6 +99,9 @@ pub struct Explanation {
     /// Where the lone probe's packets were seen, in time order (`ns1:veth0 request`),
     /// when interfaces are captured.
     pub path: Vec<String>,
+    /// Captured interfaces that saw traffic during the checkpoint but nothing of the
+    /// lone probe.
+    pub not_seen: Vec<String>,
 }
 
 impl ObservedMatrix {

@@ -350,6 +350,9 @@ pub fn render_matrix(m: &ObservedMatrix) -> String {
             for p in &e.path {
                 let _ = writeln!(s, "        {p}");
             }
+            if !e.not_seen.is_empty() {
+                let _ = writeln!(s, "      not seen on: {}", e.not_seen.join(", "));
+            }
         }
         for n in &e.notes {
             let _ = writeln!(s, "      {n}");

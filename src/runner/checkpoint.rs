@@ -99,6 +99,12 @@ pub async fn run(
         fw_checks.push(Check::Packets(check_packets(pe, &packets)));
     }
 
+    // Every interface that saw anything during the probes: where a lone probe was
+    // not seen is among these.
+    let captured: std::collections::BTreeSet<String> = packets
+        .iter()
+        .map(|p| format!("{}:{}", p.netns, p.iface))
+        .collect();
     // Explanations. Their packets must not count towards the next checkpoint, so
     // the baseline becomes the last snapshot taken here.
     let mut last = now.clone();
@@ -106,8 +112,20 @@ pub async fn run(
         for (row, col) in m.mismatched_cells() {
             let Ok(dst) = m.targets[col] else { continue };
             let src = m.sources[row].clone();
-            let (explanation, after) =
+            let (mut explanation, after) =
                 explain(sb, state, capture, &src, dst, m.kind, row, col, &last).await;
+            if !explanation.path.is_empty() {
+                explanation.not_seen = captured
+                    .iter()
+                    .filter(|l| {
+                        !explanation
+                            .path
+                            .iter()
+                            .any(|p| p.starts_with(&format!("{l} ")))
+                    })
+                    .cloned()
+                    .collect();
+            }
             m.explanations.push(explanation);
             last = after;
         }
@@ -204,7 +222,7 @@ fn path_of(packets: &[PacketLine], dst: IpAddr) -> Vec<String> {
                 || p.summary.ends_with(&format!("who-has {d}"))
         })
         .collect();
-    on_path.sort_by_key(|p| p.ts_ns);
+    on_path.sort_by_key(|p| (p.ts_ns, p.order));
     on_path
         .into_iter()
         .map(|p| format!("{}:{} {}", p.netns, p.iface, p.summary))
@@ -269,6 +287,7 @@ async fn explain(
             moved,
             notes,
             path,
+            not_seen: Vec::new(),
         },
         after,
     )
