@@ -117,7 +117,17 @@ fn run(paths: &[PathBuf], out: &Path, quiet: bool) -> u8 {
                 }
                 Event::StepStarted { .. } => {}
                 Event::StepFinished { record } => print!("{}", report::render_step(record)),
-                Event::ScenarioFinished { record } => println!("{}\n", report::summary(record)),
+                Event::ScenarioFinished { record } => {
+                    for p in &record.pcaps {
+                        println!(
+                            "pcap {}: {} ({} packets)",
+                            p.label,
+                            p.path.display(),
+                            p.packets
+                        );
+                    }
+                    println!("{}\n", report::summary(record))
+                }
             }
         });
         let record = match result {

@@ -155,6 +155,27 @@ fn reportable(summary: &str) -> bool {
     true
 }
 
+/// A summary as the report shows it. ARP loses its direction: when two hosts probe
+/// each other at once, which one asks first (and which learns from the question) is
+/// timing, so `arp who-has B tell A` and `arp who-has A tell B` both read
+/// `arp A <-> B` (addresses sorted), and a reply reads `arp reply`.
+fn report_line(summary: &str) -> String {
+    if let Some(rest) = summary.strip_prefix("arp who-has ") {
+        if let Some((target, sender)) = rest.split_once(" tell ") {
+            let (a, b) = if target <= sender {
+                (target, sender)
+            } else {
+                (sender, target)
+            };
+            return format!("arp {a} <-> {b}");
+        }
+    }
+    if summary.starts_with("arp reply ") {
+        return "arp reply".into();
+    }
+    summary.to_string()
+}
+
 /// Per interface, sorted by label, the distinct reportable summaries, sorted.
 fn traffic(packets: &[PacketLine]) -> Vec<IfaceTraffic> {
     let mut by: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
@@ -162,7 +183,7 @@ fn traffic(packets: &[PacketLine]) -> Vec<IfaceTraffic> {
     for p in packets.iter().filter(|p| reportable(&p.summary)) {
         by.entry(format!("{}:{}", p.netns, p.iface))
             .or_default()
-            .insert(p.summary.clone());
+            .insert(report_line(&p.summary));
     }
     by.into_iter()
         .map(|(label, lines)| IfaceTraffic {
@@ -194,7 +215,7 @@ fn check_packets(e: &PacketExpect, packets: &[PacketLine]) -> PacketCheck {
     let mut saw: Vec<String> = on
         .iter()
         .filter(|p| reportable(&p.summary))
-        .map(|p| p.summary.clone())
+        .map(|p| report_line(&p.summary))
         .collect();
     saw.sort();
     saw.dedup();
@@ -422,4 +443,30 @@ fn check_nft(e: &NftExpect, last: &FirewallSnapshot, now: &FirewallSnapshot) -> 
         });
     }
     FirewallCheck { label, items }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arp_in_the_report_has_no_direction() {
+        assert_eq!(
+            report_line("arp who-has 192.168.1.62 tell 192.168.1.61"),
+            report_line("arp who-has 192.168.1.61 tell 192.168.1.62")
+        );
+        assert_eq!(report_line("arp reply 10.0.0.2 is-at <mac>"), "arp reply");
+        assert_eq!(
+            report_line("icmp echo request 10.0.0.1 > 10.0.0.2"),
+            "icmp echo request 10.0.0.1 > 10.0.0.2"
+        );
+    }
+
+    #[test]
+    fn tcp_acks_and_mld_stay_out_of_reports() {
+        assert!(reportable("tcp 10.0.0.1:<eph> > 10.0.0.2:80 [S]"));
+        assert!(reportable("tcp 10.0.0.2:80 > 10.0.0.1:<eph> [R.]"));
+        assert!(!reportable("tcp 10.0.0.1:<eph> > 10.0.0.2:80 [.]"));
+        assert!(!reportable("icmp6 mldv2 report :: > ff02::16"));
+    }
 }
