@@ -91,7 +91,7 @@ impl Default for ProbeTiming {
     fn default() -> Self {
         ProbeTiming {
             deadline: Duration::from_secs(3),
-            window: Duration::from_millis(1000),
+            window: Duration::from_millis(300),
             interval: Duration::from_millis(100),
         }
     }
