@@ -24,6 +24,7 @@ mod error;
 mod links;
 mod mailbox;
 mod netns;
+pub use netns::CAPTURING_DIR;
 mod session;
 mod sll2;
 pub mod summary;

@@ -184,6 +184,7 @@ fn thread_main(
         return;
     }
     drop(netns);
+    let name = plan.name.clone();
     let (mut ns, mut cap, mut links) = match NetnsCapture::open(plan, shared.clone()) {
         Ok(x) => x,
         Err(e) => {
@@ -193,11 +194,22 @@ fn thread_main(
     };
     let _ = ready.send(Ok(()));
     drop(ready);
+    // Tell the step's shell that this namespace is being captured (see
+    // `CAPTURING_DIR`): a script that creates a namespace and uses it at once waits
+    // for this before its next command.
+    let marker = std::path::Path::new(CAPTURING_DIR).join(&name);
+    let _ = std::fs::create_dir_all(CAPTURING_DIR);
+    let _ = std::fs::write(&marker, b"");
     if let Err(e) = ns.run(&mut cap, &mut links, inbox) {
         shared.error(e);
     }
     ns.finish(&mut cap);
+    let _ = std::fs::remove_file(&marker);
 }
+
+/// Where a namespace's capture leaves a file named after the namespace once it is
+/// capturing (inside the sandbox's private /run).
+pub const CAPTURING_DIR: &str = "/run/netscenario/capturing";
 
 /// One interface of the namespace, captured or not.
 struct Iface {

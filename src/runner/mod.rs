@@ -235,6 +235,16 @@ fn run_in(
             }
         }
     });
+    // Namespaces whose capture a step's shell waits for once they exist.
+    let captured_netns: Vec<String> = match (&scenario.capture, &capture) {
+        (Some(c), Some(_)) if c.all => scenario.namespaces(),
+        (Some(c), Some(_)) => {
+            let mut v: Vec<String> = c.on.iter().map(|(n, _, _)| n.clone()).collect();
+            v.dedup();
+            v
+        }
+        _ => Vec::new(),
+    };
     let mut stopped = false;
     let mut state = checkpoint::CheckpointState::new(scenario);
     for step in &scenario.steps {
@@ -259,7 +269,7 @@ fn run_in(
             continue;
         }
         sink(Event::StepStarted { step });
-        rec.outcome = rt.block_on(run_action(sb, step));
+        rec.outcome = rt.block_on(run_action(sb, step, &captured_netns));
         if let Some(c) = &capture {
             // Namespaces the step created are being captured before the next step.
             c.settle();
@@ -308,7 +318,7 @@ fn run_in(
     record
 }
 
-async fn run_action(sb: &Sandbox, step: &Step) -> ActionOutcome {
+async fn run_action(sb: &Sandbox, step: &Step, captured: &[String]) -> ActionOutcome {
     let Some(action) = &step.action else {
         return ActionOutcome::NoAction;
     };
@@ -320,7 +330,7 @@ async fn run_action(sb: &Sandbox, step: &Step) -> ActionOutcome {
     }
     match action {
         Action::Run { script } => {
-            match shell::run(sb, step.index, &step.netns, script, step.timeout) {
+            match shell::run(sb, step.index, &step.netns, script, step.timeout, captured) {
                 Ok(Ok(output)) => ActionOutcome::Done {
                     output: Some(output),
                 },

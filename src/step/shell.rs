@@ -15,6 +15,13 @@ use crate::scenario::HOST;
 
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Run by the DEBUG trap before each command when the step's namespaces are
+/// captured: for every namespace in `$NETSCENARIO_CAPTURE_NETNS` that exists now but
+/// whose capture has not said it is running, wait (up to 1 s) until it does, so that
+/// a script that creates a namespace and uses it at once loses no packet to the
+/// capture's start-up. Builtins only, unless there is something to wait for.
+const CAPTURE_WAIT: &str = "for __n in $NETSCENARIO_CAPTURE_NETNS; do [ -e /run/netns/$__n ] || continue; __i=0; while [ ! -e /run/netscenario/capturing/$__n ] && [ $__i -lt 200 ]; do sleep 0.005; __i=$((__i+1)); done; done";
+
 /// What a script printed.
 #[derive(Debug, Clone, Default)]
 pub struct ShellOutput {
@@ -54,6 +61,7 @@ pub fn run(
     netns: &str,
     script: &str,
     timeout: Duration,
+    captured_netns: &[String],
 ) -> Result<Result<ShellOutput, ShellFailure>, ShellError> {
     let base = PathBuf::from(WORK_DIR).join(format!("step-{step}"));
     let file = |ext: &str| base.with_extension(ext);
@@ -80,7 +88,8 @@ pub fn run(
     let current_path = file("current");
     let preamble = format!(
         "set -eET; trap 'printf \"%s\\n%s\" \"$LINENO\" \"$BASH_COMMAND\" > {failed}' ERR; \
-         trap 'printf \"%s\\n%s\" \"$LINENO\" \"$BASH_COMMAND\" > {current}' DEBUG; . {script}",
+         trap 'printf \"%s\\n%s\" \"$LINENO\" \"$BASH_COMMAND\" > {current}; {wait}' DEBUG; . {script}",
+        wait = CAPTURE_WAIT,
         failed = failed_path.display(),
         current = current_path.display(),
         script = script_path.display(),
@@ -96,6 +105,7 @@ pub fn run(
         .arg(preamble)
         .env("PATH", PATH)
         .env("NETSCENARIO_NETNS", netns)
+        .env("NETSCENARIO_CAPTURE_NETNS", captured_netns.join(" "))
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr);
