@@ -569,21 +569,26 @@ fn split_ipv4(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr, u8, &[u8])> {
     Some((src, dst, packet[9], &packet[ihl..end]))
 }
 
+/// An echo reply (ICMP or ICMPv6: the same layout after the type byte).
+fn parse_echo_reply(icmp: &[u8], code: u8) -> Option<Parsed<'_>> {
+    if code != 0 {
+        return None;
+    }
+    let (ident, seq) = ident_seq(icmp);
+    Some(Parsed::Reply {
+        ident,
+        seq,
+        payload: &icmp[8..],
+    })
+}
+
 fn parse_icmp4(icmp: &[u8]) -> Option<Parsed<'_>> {
     if icmp.len() < 8 {
         return None;
     }
     let (ty, code) = (icmp[0], icmp[1]);
     if ty == ICMP4_ECHO_REPLY {
-        if code != 0 {
-            return None;
-        }
-        let (ident, seq) = ident_seq(icmp);
-        return Some(Parsed::Reply {
-            ident,
-            seq,
-            payload: &icmp[8..],
-        });
+        return parse_echo_reply(icmp, code);
     }
     let what = icmp4_error_name(ty, code)?;
     // The quoted datagram: the original IPv4 header and at least 8 bytes after it.
@@ -608,15 +613,7 @@ fn parse_icmp6(icmp: &[u8]) -> Option<Parsed<'_>> {
     }
     let (ty, code) = (icmp[0], icmp[1]);
     if ty == ICMP6_ECHO_REPLY {
-        if code != 0 {
-            return None;
-        }
-        let (ident, seq) = ident_seq(icmp);
-        return Some(Parsed::Reply {
-            ident,
-            seq,
-            payload: &icmp[8..],
-        });
+        return parse_echo_reply(icmp, code);
     }
     let what = icmp6_error_name(ty, code)?;
     // The quoted packet: a fixed 40-byte IPv6 header (our requests carry no extension
