@@ -209,7 +209,7 @@ impl Capture {
     ///
     /// Every namespace's thread first reads what the kernel has captured up to now
     /// (and flushes its files), so nothing captured before `to` is left out; if `to`
-    /// is less than 15 ms old, this first waits until it is (the kernel hands packets
+    /// is younger than the delivery delay (50 ms), this first waits until it is not (the kernel hands packets
     /// over in batches, a few milliseconds late).
     pub fn between(&self, from: Mark, to: Mark) -> Vec<PacketLine> {
         let ready_at = to.0.saturating_add(DELIVERY_DELAY.as_nanos() as u64);
