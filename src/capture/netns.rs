@@ -14,8 +14,12 @@
 //! reported yet is named by `if_indextoname` on the spot.
 //!
 //! The kernel fills a ring of blocks and hands a block over when it is full or
-//! [`BLOCK_TIMEOUT_MS`] old (TPACKET_V3): a packet reaches the thread at most
-//! [`DELIVERY_DELAY`] after it was captured, and a flood costs one wakeup per block.
+//! [`BLOCK_TIMEOUT_MS`] old (TPACKET_V3): packets reach the thread a few
+//! milliseconds late, and a flood costs one wakeup per block. How far behind the
+//! thread is, is known exactly: the kernel counts every packet it queued into the
+//! ring (`PACKET_STATISTICS`), so [`Command::Sync`] reads until the thread has seen
+//! that many (see [`NetnsCapture::catch_up`]): no clock and no fixed delay decide
+//! what was captured before a point in time.
 //! The thread sleeps in `poll(2)` on the capture socket, the netlink socket and its
 //! [`Mailbox`] of [`Command`]s, so it costs nothing while nothing happens. It ends on
 //! [`Command::Stop`] (or when every mailbox is dropped), after reading what is left
@@ -54,18 +58,23 @@ pub const BUFFER_SIZE: i32 = 8 << 20;
 /// (`immediate_mode` would wake the thread for every packet: under `ping -f` that
 /// made the ping twice as slow as this.)
 const BLOCK_TIMEOUT_MS: i32 = 4;
-/// How long after a packet is captured it is surely in the thread's hands: the
-/// block timeout, the kernel timer's granularity (a jiffy: 4 ms rounds up to one or
-/// two of them) and scheduling margin. 15 ms was measured too short: about one run
-/// in ten of tests/capture.rs's first-ARP test had a packet in the file but not yet
-/// in `between()`.
-pub const DELIVERY_DELAY: Duration = Duration::from_millis(50);
+/// How long [`NetnsCapture::catch_up`] waits at most for the kernel to hand over
+/// the packets it has counted (normally one or two block timeouts: under 10 ms).
+/// Earlier versions waited a fixed 50 ms after a mark and compared the kernel's
+/// timestamps with the runner's clock: a CI machine missed a ping that way (its
+/// packets were in the file, not in the window), and every checkpoint paid 50 ms.
+pub const CATCH_UP_DEADLINE: Duration = Duration::from_secs(2);
+/// libpcap drops the outgoing copy of every packet on `lo` (it sees each one twice)
+/// after the kernel counted it; `lo` is interface 1 in every namespace.
+const LO_IFINDEX: u32 = 1;
+const PACKET_OUTGOING: u8 = 4;
 /// Packets handled per wakeup before link events and commands get a turn.
 const BATCH: usize = 256;
 
 /// What the rest of the capture can ask a namespace's thread.
 pub enum Command {
-    /// Read everything the kernel has captured so far, flush the files, then answer.
+    /// Read everything the kernel has captured so far (exactly: see
+    /// [`NetnsCapture::catch_up`]), flush the files, then answer.
     Sync(mpsc::Sender<()>),
     /// Answer with the kernel's packet counters.
     Stats(mpsc::Sender<NetnsStats>),
@@ -246,6 +255,10 @@ struct NetnsCapture {
     next_attach: u32,
     /// The listing of links in progress, if any.
     listing: Option<Listing>,
+    /// Packets libpcap handed over, and how many of them came in on `lo` (each
+    /// stands for its outgoing copy, which the kernel counted and libpcap dropped).
+    handed: u64,
+    lo_in: u64,
 }
 
 impl NetnsCapture {
@@ -285,6 +298,8 @@ impl NetnsCapture {
             ifaces: HashMap::new(),
             next_attach: 0,
             listing: None,
+            handed: 0,
+            lo_in: 0,
         };
         ns.list_links_blocking(&mut sock)?;
         sock.set_nonblocking(true).map_err(nl_err)?;
@@ -338,7 +353,7 @@ impl NetnsCapture {
                 loop {
                     match inbox.try_next() {
                         Received::Message(Command::Sync(reply)) => {
-                            self.drain(cap)?;
+                            self.catch_up(cap, Instant::now() + CATCH_UP_DEADLINE)?;
                             self.flush();
                             let _ = reply.send(());
                         }
@@ -418,10 +433,47 @@ impl NetnsCapture {
         Ok(())
     }
 
+    /// Read until every packet the kernel had queued into the ring when this was
+    /// called has been handled (or until `deadline`). The kernel counts a packet
+    /// when it queues it, before the block holding it is handed over; whatever was
+    /// sent or received before the call is in that count. Returns whether it caught
+    /// up before the deadline.
+    fn catch_up(
+        &mut self,
+        cap: &mut pcap::Capture<Active>,
+        deadline: Instant,
+    ) -> Result<bool, CaptureError> {
+        let s = self.stats(cap);
+        let queued = u64::from(s.received.saturating_sub(s.dropped));
+        loop {
+            self.drain(cap)?;
+            // `handed` is a u64 and the kernel's counters are u32 in libpcap: compare
+            // modulo 2^32, as they wrap.
+            let seen = (self.handed + self.lo_in) as u32 as u64;
+            if seen.wrapping_sub(queued) as u32 as i32 >= 0 {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            let mut fds = [PollFd::new(cap.as_fd(), PollFlags::POLLIN)];
+            let ms = u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX);
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(self.event_err(e.into())),
+            }
+        }
+    }
+
     fn on_packet(&mut self, p: &pcap::Packet<'_>) {
+        self.handed += 1;
         let Some(frame) = Sll2Frame::parse(p.data) else {
             return;
         };
+        if frame.ifindex == LO_IFINDEX && frame.pkttype != PACKET_OUTGOING {
+            self.lo_in += 1;
+        }
         if !self.ifaces.contains_key(&frame.ifindex) {
             // Seen before netlink told us about it: ask the kernel its name now.
             let name = nix::net::if_::if_indextoname(frame.ifindex)
@@ -625,21 +677,8 @@ impl NetnsCapture {
     /// Read what is left (waiting for the kernel to hand over its last block),
     /// record the counters and close every file.
     fn finish(mut self, cap: &mut pcap::Capture<Active>) {
-        let deadline = Instant::now() + DELIVERY_DELAY;
-        loop {
-            if let Err(e) = self.drain(cap) {
-                self.shared.error(e);
-                break;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let mut fds = [PollFd::new(cap.as_fd(), PollFlags::POLLIN)];
-            let ms = u16::try_from(left.as_millis() + 1).unwrap_or(u16::MAX);
-            if poll(&mut fds, PollTimeout::from(ms)).is_err() {
-                break;
-            }
+        if let Err(e) = self.catch_up(cap, Instant::now() + CATCH_UP_DEADLINE) {
+            self.shared.error(e);
         }
         let stats = self.stats(cap);
         self.shared.final_stats(self.plan.rank, stats);

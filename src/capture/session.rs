@@ -20,14 +20,14 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::error::CaptureError;
 use super::mailbox::Mailbox;
-use super::netns::{Command, DELIVERY_DELAY};
+use super::netns::Command;
 use super::watch::{self, WatchCommand, WatchPlan};
 use crate::sandbox::Sandbox;
 use crate::scenario::HOST;
@@ -56,11 +56,10 @@ pub struct CaptureTarget {
     pub filter: Option<String>,
 }
 
-/// A point in the capture's timeline.
-///
-/// Marks and packets are on the clock the kernel stamps packets with
-/// (`CLOCK_REALTIME`, in nanoseconds); marks never go backwards, even if that clock
-/// is set back.
+/// A point in the capture's timeline: a position in the order packets were handed
+/// over by the kernel, taken once every namespace's thread has read all that the
+/// kernel had captured (no clock is involved: a clock set back or forward, as on a
+/// CI machine that syncs its clock at boot, moves no packet across a mark).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Mark(u64);
 
@@ -123,7 +122,6 @@ pub struct Capture {
     /// Dropping it stops the watcher of `/run/netns`, which stops everything.
     watch: Option<Mailbox<WatchCommand>>,
     watcher: Option<JoinHandle<()>>,
-    last_mark: AtomicU64,
 }
 
 impl Capture {
@@ -165,7 +163,6 @@ impl Capture {
             shared,
             watch: Some(watch),
             watcher: Some(watcher),
-            last_mark: AtomicU64::new(0),
         };
         match ready.recv() {
             Ok(Ok(())) => Ok(capture),
@@ -195,34 +192,25 @@ impl Capture {
         }
     }
 
-    /// The current point in the capture's timeline.
+    /// The current point in the capture's timeline: every packet any captured
+    /// interface sent or received before this call is before the mark. It costs a
+    /// round trip to every namespace's thread, plus the wait for the kernel to hand
+    /// over its last block if packets are pending (a block timeout, a few ms).
     pub fn mark(&self) -> Mark {
-        let now = now_ns();
-        let prev = self.last_mark.fetch_max(now, Ordering::SeqCst);
-        Mark(now.max(prev))
+        self.sync();
+        Mark(ARRIVAL.load(Ordering::SeqCst))
     }
 
     /// The packets seen from `from` (included) to `to` (excluded) on every captured
     /// interface, interface by interface (`host` first, then the other namespaces by
     /// name; within a namespace, links in the order they were created or moved in,
     /// i.e. by index), each interface's packets in the order they were captured.
-    ///
-    /// Every namespace's thread first reads what the kernel has captured up to now
-    /// (and flushes its files), so nothing captured before `to` is left out; if `to`
-    /// is younger than the delivery delay (50 ms), this first waits until it is not (the kernel hands packets
-    /// over in batches, a few milliseconds late).
     pub fn between(&self, from: Mark, to: Mark) -> Vec<PacketLine> {
-        let ready_at = to.0.saturating_add(DELIVERY_DELAY.as_nanos() as u64);
-        let now = now_ns();
-        if now < ready_at {
-            std::thread::sleep(Duration::from_nanos(ready_at - now));
-        }
-        self.sync();
         let mut out = Vec::new();
         for iface in self.shared.ifaces_in_order() {
             let packets = iface.lock();
             for (i, p) in packets.packets.iter().enumerate() {
-                if p.ts_ns >= from.0 && p.ts_ns < to.0 {
+                if p.order >= from.0 && p.order < to.0 {
                     out.push(PacketLine {
                         netns: iface.netns.clone(),
                         iface: iface.iface.clone(),
@@ -328,14 +316,6 @@ impl Drop for Capture {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// Now on the kernel's packet clock, in nanoseconds.
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
 }
 
 /// State shared by the capture's threads.
@@ -476,7 +456,7 @@ static ARRIVAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 
 impl IfaceLog {
     pub fn push(&self, ts_ns: u64, summary: String) {
-        let order = ARRIVAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let order = ARRIVAL.fetch_add(1, Ordering::SeqCst);
         lock(&self.inner).packets.push(LoggedPacket {
             ts_ns,
             order,
