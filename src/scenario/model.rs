@@ -25,7 +25,112 @@ pub struct Scenario {
     /// Kernel features (see `requirement::FEATURES`) and tools the scenario needs.
     pub requires: Vec<String>,
     pub capture: Option<CaptureConfig>,
+    /// Built before the first step.
+    pub topology: Topology,
     pub steps: Vec<Step>,
+}
+
+/// A declarative topology: bridges in `host`, and hosts (namespaces) each joined to
+/// a bridge by a veth pair. Built natively and all at once before the first step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Topology {
+    pub bridges: Vec<TopoBridge>,
+    pub hosts: Vec<TopoHost>,
+    /// Line of the `[topology]` table (or its first entry), 1-based.
+    pub line: usize,
+    /// Every host gets a permanent neighbour entry (ARP/NDP) for every address of
+    /// every other host on its bridge, like Mininet's `--arp`: no ARP at all. The
+    /// kernel's neighbour table is shared by all namespaces and holds at most
+    /// `gc_thresh3` (1024 by default) learnt entries, machine-wide; permanent ones do
+    /// not count. N hosts on one bridge learn N×(N−1): beyond ~30 hosts, ARP fails.
+    pub static_neighbors: bool,
+}
+
+impl Topology {
+    pub fn is_empty(&self) -> bool {
+        self.bridges.is_empty() && self.hosts.is_empty()
+    }
+
+    /// What it builds, one line per object, for the report.
+    pub fn describe(&self) -> String {
+        let mut lines = Vec::new();
+        for b in &self.bridges {
+            let mut l = format!("bridge {} in host, up", b.name);
+            for a in &b.addresses {
+                l += &format!(", {a}");
+            }
+            lines.push(l);
+        }
+        for h in &self.hosts {
+            let mut l = format!(
+                "host {}: {} {} on {} (port {})",
+                h.name,
+                h.iface,
+                h.addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                h.bridge,
+                h.port
+            );
+            if let Some(g) = h.gateway {
+                l += &format!(", default via {g}");
+            }
+            lines.push(l);
+        }
+        if self.static_neighbors {
+            lines.push(
+                "static neighbours: each host knows every other host of its bridge (ip neigh add ADDRESS lladdr MAC dev IFACE nud permanent)"
+                    .into(),
+            );
+        }
+        lines.join("\n")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopoBridge {
+    pub name: String,
+    pub addresses: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopoHost {
+    /// Also the name of its namespace.
+    pub name: String,
+    pub bridge: String,
+    /// The host's end of the veth pair.
+    pub iface: String,
+    /// The bridge's end, a port of `bridge` in `host`.
+    pub port: String,
+    pub addresses: Vec<IpNet>,
+    pub gateway: Option<IpAddr>,
+}
+
+impl TopoHost {
+    /// The iproute2 commands this host equals.
+    pub fn equivalent(&self) -> Vec<String> {
+        let mut v = vec![
+            format!("ip netns add {}", self.name),
+            format!(
+                "ip link add {} master {} up type veth peer {} netns {}",
+                self.port, self.bridge, self.iface, self.name
+            ),
+            format!("ip -n {} link set lo up", self.name),
+            format!("ip -n {} link set {} up", self.name, self.iface),
+        ];
+        for a in &self.addresses {
+            v.push(format!(
+                "ip -n {} addr add {a} dev {}",
+                self.name, self.iface
+            ));
+        }
+        if let Some(g) = self.gateway {
+            v.push(format!("ip -n {} route add default via {g}", self.name));
+        }
+        v
+    }
 }
 
 /// What to capture: every interface of every namespace, or chosen ones.
@@ -85,6 +190,7 @@ impl Scenario {
     /// Every namespace the scenario refers to, `host` first, in order of creation.
     pub fn namespaces(&self) -> Vec<String> {
         let mut out = vec![HOST.to_string()];
+        out.extend(self.topology.hosts.iter().map(|h| h.name.clone()));
         for step in &self.steps {
             for ns in step.creates_netns() {
                 if !out.contains(&ns) {
@@ -147,8 +253,9 @@ pub enum Action {
     Netns { name: String },
     /// `ip link add NAME type bridge` (and `ip link set NAME up` when `up`).
     Bridge { name: String, up: bool },
-    /// `ip link add NAME type veth peer PEER`, then `ip link set NAME netns NS`,
-    /// `ip link set PEER netns PEER_NS`, masters and `up` on both ends.
+    /// `ip link add NAME netns NS master M up type veth peer name PEER netns PEER_NS`,
+    /// then `ip -n PEER_NS link set PEER master PEER_M up`: each end is created
+    /// straight in its namespace (no move).
     Veth {
         name: String,
         peer: String,
@@ -242,21 +349,35 @@ impl Action {
                 peer_master,
                 up,
             } => {
-                let mut s = format!("ip link add {name} type veth peer {peer}");
+                // Each end is created straight in its namespace; the kernel cannot
+                // bring the peer up in the same request (ENOTCONN: its other end is
+                // not registered yet), so that is a second one.
+                let mut s = format!("ip link add {name}");
                 if netns != HOST {
-                    s += &format!(" && ip link set {name} netns {netns}");
-                }
-                if peer_netns != HOST {
-                    s += &format!(" && ip link set {peer} netns {peer_netns}");
+                    s += &format!(" netns {netns}");
                 }
                 if let Some(m) = master {
-                    s += &format!(" && ip link set {name} master {m}");
-                }
-                if let Some(m) = peer_master {
-                    s += &format!(" && ip link set {peer} master {m}");
+                    s += &format!(" master {m}");
                 }
                 if *up {
-                    s += &format!(" && ip link set {name} up && ip link set {peer} up");
+                    s += " up";
+                }
+                s += &format!(" type veth peer name {peer}");
+                if peer_netns != HOST {
+                    s += &format!(" netns {peer_netns}");
+                }
+                if peer_master.is_some() || *up {
+                    s += " && ip";
+                    if peer_netns != HOST {
+                        s += &format!(" -n {peer_netns}");
+                    }
+                    s += &format!(" link set {peer}");
+                    if let Some(m) = peer_master {
+                        s += &format!(" master {m}");
+                    }
+                    if *up {
+                        s += " up";
+                    }
                 }
                 s
             }

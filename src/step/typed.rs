@@ -5,10 +5,14 @@
 //! Each [`Action`] variant documents the command it is equivalent to.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use ipnet::IpNet;
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use crate::probe::transport::{Listener, Transport, TransportError};
 use crate::sandbox::{Sandbox, SandboxError};
@@ -33,6 +37,12 @@ pub enum TypedError {
     },
     #[error("failed to find link `{link}` in `{netns}`: no such device")]
     NoSuchLink { link: String, netns: String },
+    #[error("links in `{netns}` not ready (up, carrier, forwarding) {after:?} after they were set up: {links}")]
+    NotReady {
+        netns: String,
+        links: String,
+        after: std::time::Duration,
+    },
     #[error("failed to write sysctl {key} in `{netns}`")]
     Sysctl {
         key: String,
@@ -81,25 +91,46 @@ pub async fn apply(sandbox: &Sandbox, netns: &str, action: &Action) -> Result<()
             peer_master,
             up,
         } => {
+            // Each end is created straight in its namespace, the first one up and
+            // with its master, in one request (no move: moving a link costs ~20 ms);
+            // then the peer's master and up (the kernel refuses to bring the peer up
+            // in the creating request: ENOTCONN).
             let nl = Netlink::open(sandbox, netns)?;
-            nl.check(
-                format!("create veth pair {name}/{peer}"),
-                nl.handle
-                    .link()
-                    .add(LinkVeth::new(name, peer).build())
-                    .execute()
-                    .await,
-            )?;
-            for (link, ns, m) in [(name, end_ns, master), (peer, peer_netns, peer_master)] {
-                if ns != netns {
-                    move_link(sandbox, &nl, link, ns).await?;
+            let there = |ns: &String| -> Result<Option<Netlink>, TypedError> {
+                if ns == netns {
+                    Ok(None)
+                } else {
+                    Netlink::open(sandbox, ns).map(Some)
                 }
-                let there = Netlink::open(sandbox, ns)?;
-                if let Some(m) = m {
-                    there.set_master(link, Some(m)).await?;
+            };
+            let end_nl = there(end_ns)?;
+            let master_index = match master {
+                Some(m) => Some(end_nl.as_ref().unwrap_or(&nl).index(m).await?),
+                None => None,
+            };
+            let end_fd = (end_ns != netns)
+                .then(|| sandbox.netns_fd(end_ns))
+                .transpose()?;
+            let peer_fd = (peer_netns != netns)
+                .then(|| sandbox.netns_fd(peer_netns))
+                .transpose()?;
+            nl.add_veth(&VethEnds {
+                name,
+                netns: end_fd.as_ref().map(|f| f.as_raw_fd()),
+                master: master_index,
+                peer,
+                peer_netns: peer_fd.as_ref().map(|f| f.as_raw_fd()),
+                up: *up,
+            })
+            .await?;
+            if peer_master.is_some() || *up {
+                let peer_nl = there(peer_netns)?;
+                let peer_nl = peer_nl.as_ref().unwrap_or(&nl);
+                if let Some(m) = peer_master {
+                    peer_nl.set_master(peer, Some(m)).await?;
                 }
                 if *up {
-                    there.set_up(link, true).await?;
+                    peer_nl.set_up(peer, true).await?;
                 }
             }
             Ok(())
@@ -123,14 +154,7 @@ pub async fn apply(sandbox: &Sandbox, netns: &str, action: &Action) -> Result<()
         Action::Addr { dev, address } => {
             let nl = Netlink::open(sandbox, netns)?;
             let index = nl.index(dev).await?;
-            nl.check(
-                format!("add address {address} to {dev}"),
-                nl.handle
-                    .address()
-                    .add(index, address.addr(), address.prefix_len())
-                    .execute()
-                    .await,
-            )
+            nl.add_address(dev, index, address).await
         }
         Action::Route { dst, via, dev } => {
             let nl = Netlink::open(sandbox, netns)?;
@@ -138,37 +162,13 @@ pub async fn apply(sandbox: &Sandbox, netns: &str, action: &Action) -> Result<()
                 Some(d) => Some(nl.index(d).await?),
                 None => None,
             };
-            let msg = match dst.addr() {
-                IpAddr::V4(a) => {
-                    let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                        .destination_prefix(a, dst.prefix_len());
-                    if let Some(IpAddr::V4(g)) = via {
-                        b = b.gateway(*g);
-                    }
-                    if let Some(i) = oif {
-                        b = b.output_interface(i);
-                    }
-                    b.build()
-                }
-                IpAddr::V6(a) => {
-                    let mut b = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                        .destination_prefix(a, dst.prefix_len());
-                    if let Some(IpAddr::V6(g)) = via {
-                        b = b.gateway(*g);
-                    }
-                    if let Some(i) = oif {
-                        b = b.output_interface(i);
-                    }
-                    b.build()
-                }
-            };
-            nl.check(
-                format!(
-                    "add route {}",
-                    action.equivalent().trim_start_matches("ip route add ")
-                ),
-                nl.handle.route().add(msg).execute().await,
+            nl.add_route(
+                dst,
+                *via,
+                oif,
+                action.equivalent().trim_start_matches("ip route add "),
             )
+            .await
         }
         Action::Sysctl { key, value } => {
             let path = format!("/proc/sys/{}", key.replace('.', "/"));
@@ -253,6 +253,18 @@ async fn move_link(
     )
 }
 
+/// The two ends of a veth pair to create ([`Netlink::add_veth`]).
+pub struct VethEnds<'a> {
+    pub name: &'a str,
+    /// Namespace of `name`, as an open namespace file; `None`: the socket's.
+    pub netns: Option<RawFd>,
+    /// Index of `name`'s master, in `name`'s namespace.
+    pub master: Option<u32>,
+    pub peer: &'a str,
+    pub peer_netns: Option<RawFd>,
+    pub up: bool,
+}
+
 /// An rtnetlink connection whose socket lives in one namespace of the sandbox.
 pub struct Netlink {
     pub handle: Handle,
@@ -280,7 +292,8 @@ impl Netlink {
         })
     }
 
-    fn check(&self, what: String, r: Result<(), rtnetlink::Error>) -> Result<(), TypedError> {
+    /// The result of a request, as an error that names it and the namespace.
+    pub fn check(&self, what: String, r: Result<(), rtnetlink::Error>) -> Result<(), TypedError> {
         r.map_err(|source| TypedError::Netlink {
             what,
             netns: self.netns.clone(),
@@ -303,6 +316,88 @@ impl Netlink {
                 netns: self.netns.clone(),
             }),
         }
+    }
+
+    /// `ip addr add ADDRESS dev DEV` (DEV has index `index`).
+    pub async fn add_address(
+        &self,
+        dev: &str,
+        index: u32,
+        address: &IpNet,
+    ) -> Result<(), TypedError> {
+        self.check(
+            format!("add address {address} to {dev}"),
+            self.handle
+                .address()
+                .add(index, address.addr(), address.prefix_len())
+                .execute()
+                .await,
+        )
+    }
+
+    /// `ip route add DST [via VIA] [dev OIF]`; `what` is the command's arguments.
+    pub async fn add_route(
+        &self,
+        dst: &IpNet,
+        via: Option<IpAddr>,
+        oif: Option<u32>,
+        what: &str,
+    ) -> Result<(), TypedError> {
+        let msg = match dst.addr() {
+            IpAddr::V4(a) => {
+                let mut b =
+                    RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(a, dst.prefix_len());
+                if let Some(IpAddr::V4(g)) = via {
+                    b = b.gateway(g);
+                }
+                if let Some(i) = oif {
+                    b = b.output_interface(i);
+                }
+                b.build()
+            }
+            IpAddr::V6(a) => {
+                let mut b =
+                    RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(a, dst.prefix_len());
+                if let Some(IpAddr::V6(g)) = via {
+                    b = b.gateway(g);
+                }
+                if let Some(i) = oif {
+                    b = b.output_interface(i);
+                }
+                b.build()
+            }
+        };
+        self.check(
+            format!("add route {what}"),
+            self.handle.route().add(msg).execute().await,
+        )
+    }
+
+    /// One veth pair, each end created straight in its namespace (`None`: this
+    /// socket's), in one request: `ip link add NAME [netns NS] [master M] [up] type
+    /// veth peer name PEER [netns PEER_NS]`. `up` is for `NAME` only: the kernel
+    /// cannot open the peer before the pair is registered.
+    pub async fn add_veth(&self, v: &VethEnds<'_>) -> Result<(), TypedError> {
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(v.peer.to_string());
+        if let Some(fd) = v.peer_netns {
+            peer = peer.setns_by_fd(fd);
+        }
+        let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(v.name.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+        if let Some(fd) = v.netns {
+            b = b.setns_by_fd(fd);
+        }
+        if let Some(m) = v.master {
+            b = b.controller(m);
+        }
+        if v.up {
+            b = b.up();
+        }
+        self.check(
+            format!("create veth pair {}/{}", v.name, v.peer),
+            self.handle.link().add(b.build()).execute().await,
+        )
     }
 
     async fn set_up(&self, name: &str, up: bool) -> Result<(), TypedError> {
