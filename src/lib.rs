@@ -16,6 +16,7 @@ pub mod runner;
 pub mod sandbox;
 pub mod scenario;
 pub mod step;
+pub mod timings;
 
 use std::path::Path;
 

@@ -81,6 +81,81 @@ pub enum FirewallError {
     NftParse(#[source] serde_json::Error),
 }
 
+/// Whether the current thread's namespace has any netfilter table at all: an
+/// nftables table (iptables-nft makes one on its first rule or policy; reading
+/// creates none) or a legacy x_tables table. Asked natively (one nfnetlink dump and
+/// two /proc reads), so that namespaces nobody touched cost no `iptables` process.
+pub fn has_tables() -> std::io::Result<bool> {
+    for legacy in ["ip_tables_names", "ip6_tables_names"] {
+        match std::fs::read_to_string(format!("/proc/thread-self/net/{legacy}")) {
+            Ok(names) if !names.trim().is_empty() => return Ok(true),
+            _ => {}
+        }
+    }
+    nft_has_tables()
+}
+
+fn nft_has_tables() -> std::io::Result<bool> {
+    use nix::sys::socket::{
+        recv, send, socket, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType,
+    };
+    use std::os::fd::AsRawFd;
+    const NFNL_SUBSYS_NFTABLES: u16 = 10;
+    const NFT_MSG_NEWTABLE: u16 = 0;
+    const NFT_MSG_GETTABLE: u16 = 1;
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLM_F_DUMP: u16 = 0x300;
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    )?;
+    // nlmsghdr (len, type, flags, seq, pid) + nfgenmsg (family, version, res_id).
+    let mut req = Vec::with_capacity(20);
+    req.extend_from_slice(&20u32.to_ne_bytes());
+    req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE).to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes());
+    req.extend_from_slice(&0u32.to_ne_bytes());
+    req.extend_from_slice(&[0, 0, 0, 0]); // AF_UNSPEC, NFNETLINK_V0, res_id 0
+    send(fd.as_raw_fd(), &req, MsgFlags::empty())?;
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+        let mut off = 0;
+        while off + 16 <= n {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+            let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().expect("2 bytes"));
+            match ty {
+                NLMSG_DONE => return Ok(false),
+                NLMSG_ERROR => {
+                    let errno = i32::from_ne_bytes(
+                        buf.get(off + 16..off + 20)
+                            .and_then(|b| b.try_into().ok())
+                            .unwrap_or([0; 4]),
+                    );
+                    if errno == 0 {
+                        return Ok(false);
+                    }
+                    return Err(std::io::Error::from_raw_os_error(-errno));
+                }
+                t if t == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE => return Ok(true),
+                _ => {}
+            }
+            if len < 16 {
+                return Ok(false);
+            }
+            off += (len + 3) & !3;
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+    }
+}
+
 /// Read `tables` of iptables (or ip6tables) in the current thread's namespace.
 pub fn read_iptables(ipv6: bool, tables: &[String]) -> Result<Vec<IptTable>, FirewallError> {
     let command = if ipv6 { "ip6tables" } else { "iptables" };

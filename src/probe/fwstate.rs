@@ -51,52 +51,81 @@ impl std::fmt::Display for Moved {
 }
 
 /// Read the state `scope` names in every namespace of `namespaces` that exists now.
+/// A namespace without any netfilter table (most of a large topology's hosts) is
+/// not read with `iptables`: its state is the one an untouched namespace has, read
+/// once per snapshot, for real, in the first such namespace.
 pub fn snapshot(sb: &Sandbox, namespaces: &[String], scope: &FirewallScope) -> FirewallSnapshot {
     let existing: Vec<&String> = namespaces.iter().filter(|n| sb.has_netns(n)).collect();
-    let namespaces = std::thread::scope(|s| {
+    let read_in = |ns: &str, skip_untouched: bool| -> Option<NsFirewall> {
+        let read = || {
+            if skip_untouched && matches!(firewall::has_tables(), Ok(false)) {
+                return None;
+            }
+            Some(read_here(ns, scope))
+        };
+        sb.in_netns(ns, read).unwrap_or_else(|e| {
+            Some(NsFirewall {
+                netns: ns.to_string(),
+                iptables: Vec::new(),
+                nft: None,
+                errors: vec![crate::error_chain(&e)],
+            })
+        })
+    };
+    let read: Vec<Option<NsFirewall>> = std::thread::scope(|s| {
         let handles: Vec<_> = existing
             .iter()
-            .map(|ns| {
-                s.spawn(move || {
-                    let read = || {
-                        let mut fw = NsFirewall {
-                            netns: ns.to_string(),
-                            iptables: Vec::new(),
-                            nft: None,
-                            errors: Vec::new(),
-                        };
-                        for (v6, tables) in [(false, &scope.v4_tables), (true, &scope.v6_tables)] {
-                            if tables.is_empty() {
-                                continue;
-                            }
-                            match firewall::read_iptables(v6, tables) {
-                                Ok(t) => fw.iptables.extend(t),
-                                Err(e) => fw.errors.push(crate::error_chain(&e)),
-                            }
-                        }
-                        if scope.nft {
-                            match firewall::read_nft() {
-                                Ok(n) => fw.nft = Some(n),
-                                Err(e) => fw.errors.push(crate::error_chain(&e)),
-                            }
-                        }
-                        fw
-                    };
-                    sb.in_netns(ns, read).unwrap_or_else(|e| NsFirewall {
-                        netns: ns.to_string(),
-                        iptables: Vec::new(),
-                        nft: None,
-                        errors: vec![crate::error_chain(&e)],
-                    })
-                })
-            })
+            .map(|ns| s.spawn(move || read_in(ns, true)))
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("firewall reader panicked"))
             .collect()
     });
+    let mut untouched: Option<NsFirewall> = None;
+    let namespaces = existing
+        .iter()
+        .zip(read)
+        .map(|(ns, fw)| match fw {
+            Some(fw) => fw,
+            None => {
+                let base = untouched.get_or_insert_with(|| {
+                    read_in(ns, false).expect("a full read returns a state")
+                });
+                NsFirewall {
+                    netns: ns.to_string(),
+                    ..base.clone()
+                }
+            }
+        })
+        .collect();
     FirewallSnapshot { namespaces }
+}
+
+/// Read the state `scope` names in the current thread's namespace, `ns`.
+fn read_here(ns: &str, scope: &FirewallScope) -> NsFirewall {
+    let mut fw = NsFirewall {
+        netns: ns.to_string(),
+        iptables: Vec::new(),
+        nft: None,
+        errors: Vec::new(),
+    };
+    for (v6, tables) in [(false, &scope.v4_tables), (true, &scope.v6_tables)] {
+        if tables.is_empty() {
+            continue;
+        }
+        match firewall::read_iptables(v6, tables) {
+            Ok(t) => fw.iptables.extend(t),
+            Err(e) => fw.errors.push(crate::error_chain(&e)),
+        }
+    }
+    if scope.nft {
+        match firewall::read_nft() {
+            Ok(n) => fw.nft = Some(n),
+            Err(e) => fw.errors.push(crate::error_chain(&e)),
+        }
+    }
+    fw
 }
 
 fn describe_ipt(t: &IptTable, line: &str) -> String {

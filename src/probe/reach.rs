@@ -85,6 +85,8 @@ pub struct ObservedMatrix {
     pub problems: Vec<String>,
     /// Set by the runner: why each mismatched cell came out as it did.
     pub explanations: Vec<Explanation>,
+    /// Mismatched cells left unexplained (the runner explains a few per checkpoint).
+    pub unexplained: usize,
 }
 
 /// Why one cell came out as it did: it was probed again on its own and these
@@ -121,6 +123,27 @@ impl ObservedMatrix {
         }
         out
     }
+}
+
+/// How many times, machine-wide, a neighbour (ARP or NDP) entry could not be created
+/// because the table was full: the sum of `table_fulls` over CPUs in
+/// /proc/net/stat/{arp,ndisc}_cache.
+fn neighbour_table_fulls() -> u64 {
+    ["arp_cache", "ndisc_cache"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/net/stat/{t}")).ok())
+        .map(|text| {
+            let mut lines = text.lines();
+            let col = lines
+                .next()
+                .and_then(|h| h.split_whitespace().position(|c| c == "table_fulls"));
+            let Some(col) = col else { return 0 };
+            lines
+                .filter_map(|l| l.split_whitespace().nth(col))
+                .filter_map(|v| u64::from_str_radix(v, 16).ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 /// Wait until no address in `namespaces` is tentative (IPv6 duplicate address
@@ -304,6 +327,7 @@ pub async fn check_all(
         prepared.push((targets, problems));
     }
 
+    let fulls_before = neighbour_table_fulls();
     let rows: Vec<Vec<Vec<ObservedCell>>> = std::thread::scope(|s| {
         let handles: Vec<Vec<_>> = matrices
             .iter()
@@ -329,6 +353,7 @@ pub async fn check_all(
             })
             .collect()
     });
+    let fulls = neighbour_table_fulls().saturating_sub(fulls_before);
     let mut stop_problems = Vec::new();
     for l in listeners {
         if let Err(e) = l.stop() {
@@ -345,6 +370,17 @@ pub async fn check_all(
         .zip(rows)
         .map(|(((matrix, kind), (targets, mut problems)), cells)| {
             problems.extend(stop_problems.iter().cloned());
+            let wrong = cells.iter().flatten().any(|c: &ObservedCell| !c.matches());
+            if fulls > 0 && wrong {
+                problems.push(format!(
+                    "the kernel's neighbour table overflowed {fulls} times during the probes: \
+                     some ARP/NDP resolutions could not even start. The table is shared by \
+                     every namespace of the machine and keeps about gc_thresh3 learnt entries \
+                     (net.ipv4.neigh.default.gc_thresh3, 1024 by default); N hosts that all reach each other \
+                     learn N×(N−1). Use [topology] static_neighbors = true, fewer hosts, or \
+                     look for another workload filling the table"
+                ));
+            }
             ObservedMatrix {
                 kind: *kind,
                 sources: matrix.sources.clone(),
@@ -353,6 +389,7 @@ pub async fn check_all(
                 cells,
                 problems,
                 explanations: Vec::new(),
+                unexplained: 0,
             }
         })
         .collect()

@@ -93,7 +93,9 @@ pub fn render_step(step: &StepRecord) -> String {
             }
         }
         ActionText::Typed(cmd) => {
-            let _ = writeln!(s, "  = {cmd}");
+            for l in cmd.lines() {
+                let _ = writeln!(s, "  = {l}");
+            }
         }
     }
     match &step.outcome {
@@ -357,6 +359,14 @@ pub fn render_matrix(m: &ObservedMatrix) -> String {
         for n in &e.notes {
             let _ = writeln!(s, "      {n}");
         }
+    }
+    if m.unexplained > 0 {
+        let _ = writeln!(
+            s,
+            "    ({} more wrong cells not probed again: a checkpoint explains its first {})",
+            m.unexplained,
+            crate::runner::MAX_EXPLAINED
+        );
     }
     s
 }

@@ -10,6 +10,7 @@ pub mod requirement;
 
 use std::path::{Path, PathBuf};
 
+pub use checkpoint::MAX_EXPLAINED;
 pub use events::Event;
 pub use record::*;
 
@@ -17,7 +18,7 @@ use crate::capture::{Capture, CaptureSpec, CaptureTarget};
 use crate::error_chain;
 use crate::sandbox::{self, Sandbox, SandboxError};
 use crate::scenario::{Action, Scenario, Step};
-use crate::step::{shell, typed};
+use crate::step::{shell, topology, typed};
 
 /// Tools a scenario may call, and the Debian package that has each.
 const TOOLS: &[(&str, &str)] = &[
@@ -190,11 +191,18 @@ pub fn run_with(
         sink(Event::ScenarioFinished { record: &record });
         return Ok(record);
     }
+    let _whole = crate::timings::phase(|| format!("run {}", scenario.name));
     let sysctls = scenario.sysctl_keys();
+    let t = crate::timings::phase(|| "machine view before".into());
     let before = sandbox::guard::machine_view(&sysctls);
+    drop(t);
+    let t = crate::timings::phase(|| "sandbox: set up, run, tear down".into());
     let mut record =
         sandbox::run(|sb| run_in(sb, scenario, options, &mut sink)).map_err(EnvError::Sandbox)?;
+    drop(t);
+    let t = crate::timings::phase(|| "machine view after".into());
     record.machine_changed = before.diff(&sandbox::guard::machine_view(&sysctls));
+    drop(t);
     sink(Event::ScenarioFinished { record: &record });
     Ok(record)
 }
@@ -247,6 +255,37 @@ fn run_in(
     };
     let mut stopped = false;
     let mut state = checkpoint::CheckpointState::new(scenario);
+    if !scenario.topology.is_empty() {
+        // Step 0: the declarative topology, before the first step.
+        let topo = &scenario.topology;
+        let t = crate::timings::phase(|| "topology".into());
+        let outcome = match rt.block_on(topology::build(sb, topo)) {
+            Ok(()) => ActionOutcome::Done { output: None },
+            Err(e) => ActionOutcome::Failed(error_chain(&e)),
+        };
+        if let Some(c) = &capture {
+            c.settle();
+        }
+        drop(t);
+        let rec = StepRecord {
+            index: 0,
+            name: format!(
+                "topology: {} bridges, {} hosts",
+                topo.bridges.len(),
+                topo.hosts.len()
+            ),
+            netns: crate::scenario::HOST.into(),
+            line: topo.line,
+            action: ActionText::Typed(topo.describe()),
+            outcome,
+            checks: Vec::new(),
+            firewall: None,
+            traffic: Vec::new(),
+        };
+        stopped = rec.failed();
+        sink(Event::StepFinished { record: &rec });
+        record.steps.push(rec);
+    }
     for step in &scenario.steps {
         let action = match &step.action {
             None => ActionText::None,
@@ -269,7 +308,9 @@ fn run_in(
             continue;
         }
         sink(Event::StepStarted { step });
+        let t = crate::timings::phase(|| format!("step {} action", step.index));
         rec.outcome = rt.block_on(run_action(sb, step, &captured_netns));
+        drop(t);
         if let Some(c) = &capture {
             // Namespaces the step created are being captured before the next step.
             c.settle();
@@ -277,6 +318,7 @@ fn run_in(
         if rec.failed() {
             stopped = true;
         } else {
+            let _t = crate::timings::phase(|| format!("step {} checkpoint", step.index));
             let out = rt.block_on(checkpoint::run(
                 sb,
                 scenario,
@@ -293,6 +335,7 @@ fn run_in(
         record.steps.push(rec);
     }
     if let Some(c) = capture {
+        let _t = crate::timings::phase(|| "capture stop".into());
         let report = c.stop_report();
         record.pcaps = report
             .files

@@ -13,9 +13,10 @@ use super::error::{Problems, ScenarioError};
 use super::matrix;
 use super::model::{
     Action, CaptureConfig, CountCmp, Expect, IptablesExpect, IptablesOp, MasterChange, Matrix,
-    NftExpect, PacketExpect, Peer, PortMatrix, Scenario, Step, HOST, L4,
+    NftExpect, PacketExpect, Peer, PortMatrix, Scenario, Step, TopoBridge, TopoHost, Topology,
+    HOST, L4,
 };
-use super::raw::{RawFile, RawStep, RawTiming};
+use super::raw::{RawFile, RawStep, RawTiming, RawTopology};
 use crate::probe::outcome::ProbeTiming;
 
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -251,7 +252,16 @@ impl Validator<'_> {
             }
         }
         self.capture = capture.clone();
+        let topology = match &raw.topology {
+            Some(t) => {
+                let mut topo = self.topology(t.get_ref());
+                topo.line = self.problems.line_of(t.span().start);
+                topo
+            }
+            None => Topology::default(),
+        };
         let mut known = vec![HOST.to_string()];
+        known.extend(topology.hosts.iter().map(|h| h.name.clone()));
         let mut steps = Vec::new();
         for (i, raw_step) in raw.step.into_iter().enumerate() {
             let line = self.problems.line_of(raw_step.span().start);
@@ -284,8 +294,136 @@ impl Validator<'_> {
             step_timeout,
             requires,
             capture,
+            topology,
             steps,
         })
+    }
+
+    fn topology(&mut self, raw: &RawTopology) -> Topology {
+        let mut topo = Topology {
+            static_neighbors: raw.static_neighbors,
+            ..Topology::default()
+        };
+        for b in &raw.bridge {
+            let b = b.get_ref();
+            self.ifname(&b.name);
+            let name = b.name.get_ref().clone();
+            if topo.bridges.iter().any(|x| x.name == name) {
+                self.err(
+                    b.name.span(),
+                    format!("bridge `{name}` is declared twice"),
+                    "again here",
+                    "give each [[topology.bridge]] its own name",
+                );
+            }
+            let addresses = self.addresses(&b.address, &b.addresses);
+            topo.bridges.push(TopoBridge { name, addresses });
+        }
+        let mut ports: Vec<String> = topo.bridges.iter().map(|b| b.name.clone()).collect();
+        for h in &raw.host {
+            let h = h.get_ref();
+            let name = h.name.get_ref().clone();
+            if !valid_ifname_like(&name) {
+                self.err(
+                    h.name.span(),
+                    format!("`{name}` is not a valid namespace name"),
+                    "here",
+                    "use letters, digits, `-`, `_` and `.`",
+                );
+            } else if name == HOST || topo.hosts.iter().any(|x| x.name == name) {
+                self.err(
+                    h.name.span(),
+                    format!("host `{name}` already exists"),
+                    if name == HOST {
+                        "the scenario's top namespace"
+                    } else {
+                        "declared earlier"
+                    },
+                    "give each [[topology.host]] its own name",
+                );
+            }
+            let bridge = h.bridge.get_ref().clone();
+            if !topo.bridges.iter().any(|b| b.name == bridge) {
+                let declared: Vec<&str> = topo.bridges.iter().map(|b| b.name.as_str()).collect();
+                self.err(
+                    h.bridge.span(),
+                    format!("unknown bridge `{bridge}`"),
+                    "not declared",
+                    &if declared.is_empty() {
+                        format!("declare it: [[topology.bridge]] name = \"{bridge}\"")
+                    } else {
+                        format!("bridges declared: {}", declared.join(", "))
+                    },
+                );
+            }
+            let iface = match &h.iface {
+                Some(i) => {
+                    self.ifname(i);
+                    i.get_ref().clone()
+                }
+                None => "eth0".to_string(),
+            };
+            let port = match &h.port {
+                Some(p) => {
+                    self.ifname(p);
+                    p.get_ref().clone()
+                }
+                None => {
+                    let p = format!("{bridge}-{name}");
+                    if p.len() > 15 {
+                        self.err(
+                            h.name.span(),
+                            format!("the bridge port of `{name}` would be `{p}`, longer than 15 characters"),
+                            "this host",
+                            "name the port: port = \"...\" (at most 15 characters)",
+                        );
+                    }
+                    p
+                }
+            };
+            if ports.contains(&port) {
+                let span = h.port.as_ref().map_or(h.name.span(), |p| p.span());
+                self.err(
+                    span,
+                    format!("link `{port}` is declared twice in `host`"),
+                    "this host's bridge port",
+                    "name the port: port = \"...\"",
+                );
+            }
+            ports.push(port.clone());
+            let addresses = self.addresses(&h.address, &h.addresses);
+            let gateway = h
+                .gateway
+                .as_ref()
+                .and_then(|g| match g.get_ref().parse::<IpAddr>() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        self.err(
+                            g.span(),
+                            format!("`{}` is not a valid address", g.get_ref()),
+                            "here",
+                            "a gateway is an address without prefix: gateway = \"10.0.0.254\"",
+                        );
+                        None
+                    }
+                });
+            topo.hosts.push(TopoHost {
+                name,
+                bridge,
+                iface,
+                port,
+                addresses,
+                gateway,
+            });
+        }
+        topo
+    }
+
+    fn addresses(&mut self, one: &Option<Spanned<String>>, many: &[Spanned<String>]) -> Vec<IpNet> {
+        one.iter()
+            .chain(many)
+            .filter_map(|a| self.ipnet(a, "write an address with its prefix: \"10.0.0.1/24\""))
+            .collect()
     }
 
     fn known_netns(&mut self, known: &[String], name: &Spanned<String>) -> Option<String> {

@@ -9,6 +9,9 @@ use toml::Spanned;
 #[serde(deny_unknown_fields)]
 pub struct RawFile {
     pub scenario: Spanned<RawHeader>,
+    /// Bridges and hosts built natively before the first step.
+    #[serde(default)]
+    pub topology: Option<Spanned<RawTopology>>,
     #[serde(default)]
     pub step: Vec<Spanned<RawStep>>,
 }
@@ -33,6 +36,49 @@ pub struct RawHeader {
     /// Packet capture with libpcap.
     #[serde(default)]
     pub capture: Option<Spanned<RawCapture>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopology {
+    #[serde(default)]
+    pub bridge: Vec<Spanned<RawTopoBridge>>,
+    #[serde(default)]
+    pub host: Vec<Spanned<RawTopoHost>>,
+    /// Every host knows every other host of its bridge as a permanent neighbour.
+    #[serde(default)]
+    pub static_neighbors: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopoBridge {
+    pub name: Spanned<String>,
+    /// Addresses of the bridge itself, in `host` (a gateway for the hosts).
+    #[serde(default)]
+    pub address: Option<Spanned<String>>,
+    #[serde(default)]
+    pub addresses: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTopoHost {
+    pub name: Spanned<String>,
+    pub bridge: Spanned<String>,
+    #[serde(default)]
+    pub address: Option<Spanned<String>>,
+    #[serde(default)]
+    pub addresses: Vec<Spanned<String>>,
+    /// The host's end of its veth pair (default `eth0`).
+    #[serde(default)]
+    pub iface: Option<Spanned<String>>,
+    /// The bridge's end (default `<bridge>-<host>`).
+    #[serde(default)]
+    pub port: Option<Spanned<String>>,
+    /// Default route via this address.
+    #[serde(default)]
+    pub gateway: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
