@@ -156,6 +156,30 @@ fn nft_has_tables() -> std::io::Result<bool> {
     }
 }
 
+/// An `iptables` (or `ip6tables`) handle. The crate asks `iptables --version` each
+/// time one is made (a process, 3–5 ms); its answer does not depend on the
+/// namespace, so it is asked once per run of the program.
+pub fn iptables_handle(ipv6: bool) -> Result<iptables::IPTables, String> {
+    use std::sync::OnceLock;
+    type Caps = Result<(bool, bool, bool), String>;
+    static V4: OnceLock<Caps> = OnceLock::new();
+    static V6: OnceLock<Caps> = OnceLock::new();
+    let caps = if ipv6 { &V6 } else { &V4 };
+    let (has_check, has_wait, is_numeric) = caps
+        .get_or_init(|| {
+            iptables::new(ipv6)
+                .map(|i| (i.has_check, i.has_wait, i.is_numeric))
+                .map_err(|e| e.to_string())
+        })
+        .clone()?;
+    Ok(iptables::IPTables {
+        cmd: if ipv6 { "ip6tables" } else { "iptables" },
+        has_check,
+        has_wait,
+        is_numeric,
+    })
+}
+
 /// Read `tables` of iptables (or ip6tables) in the current thread's namespace.
 pub fn read_iptables(ipv6: bool, tables: &[String]) -> Result<Vec<IptTable>, FirewallError> {
     let command = if ipv6 { "ip6tables" } else { "iptables" };
@@ -163,7 +187,7 @@ pub fn read_iptables(ipv6: bool, tables: &[String]) -> Result<Vec<IptTable>, Fir
         command: command.into(),
         message,
     };
-    let ipt = iptables::new(ipv6).map_err(|e| err(e.to_string()))?;
+    let ipt = iptables_handle(ipv6).map_err(err)?;
     let mut out = Vec::new();
     for table in tables {
         let o = ipt

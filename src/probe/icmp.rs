@@ -1012,6 +1012,7 @@ mod tests {
             deadline: Duration::from_secs(3),
             window: Duration::from_secs(1),
             interval: Duration::from_millis(100),
+            adaptive: false,
         }
     }
 

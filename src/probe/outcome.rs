@@ -80,11 +80,17 @@ impl ProbeOutcome {
 /// A cell expected `ok` is retried every `interval` until it succeeds or `deadline`
 /// passes. A cell expected to fail is probed every `interval` for the whole `window`
 /// and must stay failed all that time (any success during the window makes it `ok`).
+///
+/// Unless the scenario sets `window`, it adapts to the machine's load
+/// ([`ProbeTiming::for_load`]): [`RTT_FACTOR`] times a round trip measured just
+/// before the probes ([`calibrate`]), at least [`MIN_WINDOW`], at most `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeTiming {
     pub deadline: Duration,
     pub window: Duration,
     pub interval: Duration,
+    /// The window adapts to the load (the scenario did not fix it).
+    pub adaptive: bool,
 }
 
 impl Default for ProbeTiming {
@@ -93,6 +99,59 @@ impl Default for ProbeTiming {
             deadline: Duration::from_secs(3),
             window: Duration::from_millis(300),
             interval: Duration::from_millis(100),
+            adaptive: true,
         }
     }
+}
+
+/// The shortest adaptive window.
+pub const MIN_WINDOW: Duration = Duration::from_millis(25);
+/// An adaptive window is this many times the calibrated round trip.
+pub const RTT_FACTOR: u32 = 100;
+
+impl ProbeTiming {
+    /// The timing for a machine whose round trip between two threads through the
+    /// kernel is `rtt` now: a reply that would come back at all comes back within a
+    /// small multiple of that, so [`RTT_FACTOR`] times it leaves a wide margin; an
+    /// idle machine gets [`MIN_WINDOW`], a loaded one up to `window`.
+    pub fn for_load(self, rtt: Duration) -> ProbeTiming {
+        if !self.adaptive {
+            return self;
+        }
+        ProbeTiming {
+            window: (rtt * RTT_FACTOR).clamp(MIN_WINDOW.min(self.window), self.window),
+            ..self
+        }
+    }
+}
+
+/// The slowest of a few round trips between two threads over a Unix datagram
+/// socket pair: one kernel crossing and one wake-up each way, the part of a probe's
+/// round trip that grows when the machine is busy (a packet's own trip between two
+/// namespaces over veth and a bridge takes 10–20 µs). About 0.1 ms idle.
+pub fn calibrate() -> Duration {
+    use std::os::unix::net::UnixDatagram;
+    const ROUNDS: usize = 8;
+    let Ok((a, b)) = UnixDatagram::pair() else {
+        return Duration::ZERO;
+    };
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 1];
+        for _ in 0..ROUNDS {
+            if b.recv(&mut buf).is_err() || b.send(&buf).is_err() {
+                return;
+            }
+        }
+    });
+    let mut worst = Duration::ZERO;
+    let mut buf = [0u8; 1];
+    for _ in 0..ROUNDS {
+        let t = std::time::Instant::now();
+        if a.send(&[1]).is_err() || a.recv(&mut buf).is_err() {
+            break;
+        }
+        worst = worst.max(t.elapsed());
+    }
+    let _ = echo.join();
+    worst
 }

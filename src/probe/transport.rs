@@ -1052,6 +1052,7 @@ mod tests {
             deadline: Duration::from_millis(1500),
             window: Duration::from_millis(300),
             interval: Duration::from_millis(50),
+            adaptive: false,
         }
     }
 
@@ -1312,6 +1313,7 @@ mod tests {
             deadline: Duration::from_millis(400),
             window: Duration::from_millis(100),
             interval: Duration::from_millis(50),
+            adaptive: false,
         };
         let t0 = Instant::now();
         let out = probe(

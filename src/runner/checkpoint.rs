@@ -49,6 +49,7 @@ const EXPLAIN: ProbeTiming = ProbeTiming {
     deadline: Duration::from_millis(900),
     window: Duration::from_millis(900),
     interval: Duration::from_secs(60),
+    adaptive: false,
 };
 
 pub async fn run(
@@ -59,6 +60,7 @@ pub async fn run(
     capture: Option<&Capture>,
 ) -> CheckpointOutput {
     let timing = step.expect.timing.unwrap_or(scenario.timing);
+
     let e = &step.expect;
     let ns = &state.namespaces;
     let mut wanted: Vec<(&crate::scenario::Matrix, ProbeKind)> = Vec::new();
@@ -80,17 +82,31 @@ pub async fn run(
     if !e.is_checkpoint() {
         return CheckpointOutput::default();
     }
+    let t = crate::timings::phase(|| "  capture mark".into());
     let m0 = capture.map(|c| c.mark());
+    drop(t);
     let mut matrices: Vec<ObservedMatrix> = if wanted.is_empty() {
         Vec::new()
     } else {
+        let timing = if timing.adaptive {
+            let rtt = crate::probe::outcome::calibrate();
+            let t = timing.for_load(rtt);
+            drop(crate::timings::phase(|| {
+                format!("  window {:?} (calibrated round trip {rtt:?})", t.window)
+            }));
+            t
+        } else {
+            timing
+        };
         let _t = crate::timings::phase(|| "  probes".into());
         reach::check_all(sb, &wanted, &timing, ns).await
     };
+    let t = crate::timings::phase(|| "  capture window".into());
     let packets: Vec<PacketLine> = match (capture, m0) {
         (Some(c), Some(m0)) => c.between(m0, c.mark()),
         _ => Vec::new(),
     };
+    drop(t);
 
     let t = crate::timings::phase(|| "  firewall snapshot".into());
     let now = fwstate::snapshot(sb, ns, &state.scope);

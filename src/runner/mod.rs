@@ -309,7 +309,12 @@ fn run_in(
         }
         sink(Event::StepStarted { step });
         let t = crate::timings::phase(|| format!("step {} action", step.index));
-        rec.outcome = rt.block_on(run_action(sb, step, &captured_netns));
+        rec.outcome = rt.block_on(run_action(
+            sb,
+            step,
+            &captured_netns,
+            scenario.ping_interval,
+        ));
         drop(t);
         if let Some(c) = &capture {
             // Namespaces the step created are being captured before the next step.
@@ -361,7 +366,12 @@ fn run_in(
     record
 }
 
-async fn run_action(sb: &Sandbox, step: &Step, captured: &[String]) -> ActionOutcome {
+async fn run_action(
+    sb: &Sandbox,
+    step: &Step,
+    captured: &[String],
+    ping_interval: Option<std::time::Duration>,
+) -> ActionOutcome {
     let Some(action) = &step.action else {
         return ActionOutcome::NoAction;
     };
@@ -373,7 +383,15 @@ async fn run_action(sb: &Sandbox, step: &Step, captured: &[String]) -> ActionOut
     }
     match action {
         Action::Run { script } => {
-            match shell::run(sb, step.index, &step.netns, script, step.timeout, captured) {
+            match shell::run(
+                sb,
+                step.index,
+                &step.netns,
+                script,
+                step.timeout,
+                captured,
+                ping_interval,
+            ) {
                 Ok(Ok(output)) => ActionOutcome::Done {
                     output: Some(output),
                 },

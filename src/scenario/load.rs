@@ -20,6 +20,8 @@ use super::raw::{RawFile, RawStep, RawTiming, RawTopology};
 use crate::probe::outcome::ProbeTiming;
 
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60);
+/// `ping -c N` in a `run` script sends every 10 ms rather than every second.
+const DEFAULT_PING_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Every scenario file named: files as given, directories searched recursively for
 /// `*.toml`, each directory's entries in sorted order.
@@ -164,6 +166,7 @@ impl Validator<'_> {
         }
         if let Some(d) = raw.window.as_ref().and_then(|s| self.duration(s)) {
             t.window = d;
+            t.adaptive = false;
         }
         if let Some(s) = &raw.interval {
             if let Some(d) = self.duration(s) {
@@ -207,6 +210,23 @@ impl Validator<'_> {
             .and_then(|s| self.duration(s))
             .unwrap_or(DEFAULT_STEP_TIMEOUT);
 
+        let ping_interval = match &header.ping_interval {
+            None => Some(DEFAULT_PING_INTERVAL),
+            Some(s) => match self.duration(s) {
+                Some(d) if d >= Duration::from_secs(1) => None,
+                Some(d) if d < Duration::from_millis(2) => {
+                    self.err(
+                        s.span(),
+                        "the ping interval is too short",
+                        "below 2ms",
+                        "use 2ms or more (\"1s\" keeps ping's own pace)",
+                    );
+                    None
+                }
+                Some(d) => Some(d),
+                None => None,
+            },
+        };
         let mut requires = Vec::new();
         for r in &header.requires {
             let name = r.get_ref();
@@ -292,6 +312,7 @@ impl Validator<'_> {
             path: self.path.clone(),
             timing,
             step_timeout,
+            ping_interval,
             requires,
             capture,
             topology,

@@ -22,6 +22,8 @@ pub struct Scenario {
     pub path: PathBuf,
     pub timing: ProbeTiming,
     pub step_timeout: Duration,
+    /// The interval `ping -c N` uses in `run` scripts; `None`: ping's own (1 s).
+    pub ping_interval: Option<Duration>,
     /// Kernel features (see `requirement::FEATURES`) and tools the scenario needs.
     pub requires: Vec<String>,
     pub capture: Option<CaptureConfig>,

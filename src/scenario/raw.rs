@@ -29,6 +29,9 @@ pub struct RawHeader {
     /// Default time limit of a `run` step, e.g. "30s".
     #[serde(default)]
     pub step_timeout: Option<Spanned<String>>,
+    /// Interval of `ping -c N` in `run` scripts ("10ms" by default; "1s" is ping's own).
+    #[serde(default)]
+    pub ping_interval: Option<Spanned<String>>,
     /// Kernel features and tools the scenario needs; when one is missing the
     /// scenario is reported as skipped.
     #[serde(default)]

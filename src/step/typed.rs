@@ -188,7 +188,7 @@ pub async fn apply(sandbox: &Sandbox, netns: &str, action: &Action) -> Result<()
         } => {
             let command = action.equivalent();
             let result = sandbox.in_netns(netns, || -> Result<(), String> {
-                let ipt = iptables::new(*ipv6).map_err(|e| e.to_string())?;
+                let ipt = crate::probe::firewall::iptables_handle(*ipv6)?;
                 match op {
                     IptablesOp::Append(rule) => ipt.append(table, chain, rule),
                     IptablesOp::Insert(rule) => ipt.insert(table, chain, rule, 1),
