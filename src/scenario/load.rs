@@ -344,6 +344,7 @@ impl Validator<'_> {
         for h in &raw.host {
             let h = h.get_ref();
             let name = h.name.get_ref().clone();
+            let duplicate = topo.hosts.iter().any(|x| x.name == name);
             if !valid_ifname_like(&name) {
                 self.err(
                     h.name.span(),
@@ -351,7 +352,7 @@ impl Validator<'_> {
                     "here",
                     "use letters, digits, `-`, `_` and `.`",
                 );
-            } else if name == HOST || topo.hosts.iter().any(|x| x.name == name) {
+            } else if name == HOST || duplicate {
                 self.err(
                     h.name.span(),
                     format!("host `{name}` already exists"),
@@ -402,7 +403,7 @@ impl Validator<'_> {
                     p
                 }
             };
-            if ports.contains(&port) {
+            if ports.contains(&port) && !duplicate {
                 let span = h.port.as_ref().map_or(h.name.span(), |p| p.span());
                 self.err(
                     span,
