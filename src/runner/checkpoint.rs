@@ -171,11 +171,17 @@ pub async fn run(
 }
 
 /// Whether a packet's summary belongs in a report: what the kernel sends by itself on
-/// its own schedule (IPv6 multicast listener reports, router solicitations) and a TCP
+/// its own schedule (IGMP and IPv6 multicast listener reports, router solicitations,
+/// duplicate address detection from `::`: randomly delayed up to a second after a
+/// link comes up) and a TCP
 /// connection's ACKs and FINs (whose timing around the end of a probe varies) are
 /// left out; handshakes (SYN, SYN-ACK) and RSTs stay.
 fn reportable(summary: &str) -> bool {
-    if summary.starts_with("icmp6 mld") || summary.starts_with("icmp6 router") {
+    if summary.starts_with("icmp6 mld")
+        || summary.starts_with("icmp6 router")
+        || summary.ends_with("proto igmp")
+        || summary.starts_with("icmp6 neighbor solicitation :: ")
+    {
         return false;
     }
     if summary.starts_with("tcp ") {

@@ -270,9 +270,9 @@ fn run_in(
         let rec = StepRecord {
             index: 0,
             name: format!(
-                "topology: {} bridges, {} hosts",
-                topo.bridges.len(),
-                topo.hosts.len()
+                "topology: {}, {}",
+                plural(topo.bridges.len(), "bridge"),
+                plural(topo.hosts.len(), "host")
             ),
             netns: crate::scenario::HOST.into(),
             line: topo.line,
@@ -318,6 +318,7 @@ fn run_in(
         drop(t);
         if let Some(c) = &capture {
             // Namespaces the step created are being captured before the next step.
+            let _t = crate::timings::phase(|| "  capture settle".into());
             c.settle();
         }
         if rec.failed() {
@@ -364,6 +365,14 @@ fn run_in(
     }
     drop(rt);
     record
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 async fn run_action(
