@@ -155,3 +155,46 @@ pub fn calibrate() -> Duration {
     let _ = echo.join();
     worst
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_follows_the_load_within_its_bounds() {
+        let t = ProbeTiming::default();
+        assert_eq!(t.for_load(Duration::from_micros(30)).window, MIN_WINDOW);
+        assert_eq!(
+            t.for_load(Duration::from_millis(1)).window,
+            Duration::from_millis(100)
+        );
+        assert_eq!(t.for_load(Duration::from_millis(50)).window, t.window);
+        let fixed = ProbeTiming {
+            window: Duration::from_secs(1),
+            adaptive: false,
+            ..t
+        };
+        assert_eq!(
+            fixed.for_load(Duration::ZERO).window,
+            Duration::from_secs(1)
+        );
+        // A scenario's maximum below the minimum wins.
+        let short = ProbeTiming {
+            window: Duration::from_millis(10),
+            ..t
+        };
+        assert_eq!(
+            short.for_load(Duration::ZERO).window,
+            Duration::from_millis(10)
+        );
+    }
+
+    #[test]
+    fn calibration_measures_a_real_round_trip() {
+        let rtt = calibrate();
+        assert!(
+            rtt > Duration::ZERO && rtt < Duration::from_secs(1),
+            "{rtt:?}"
+        );
+    }
+}
