@@ -3,6 +3,10 @@
 # (scenarios/linux-bridge-fixed.toml) as a plain script, with `ping -c1 -W1` for each
 # check. Run it only inside a private namespace (ci/bench/run does).
 set -e
+if [ "$(ip -o link | wc -l)" -ne 1 ]; then
+  echo "naive-linux-bridge.sh: not in a fresh network namespace; run it through ci/bench/run" >&2
+  exit 2
+fi
 ip link set lo up
 sysctl -qw net.ipv4.ip_forward=1
 sysctl -qw net.bridge.bridge-nf-call-iptables=1
@@ -26,6 +30,6 @@ ip netns exec ns1 ifconfig lo up
 ip netns exec ns2 ifconfig veth1 192.168.1.62/24
 ip netns exec ns2 ifconfig lo up
 ip netns exec ns2 ping -c1 -W1 192.168.1.62 >/dev/null            # ok
-! ip netns exec ns1 ping -c1 -W1 192.168.1.62 >/dev/null          # FORWARD DROP: must fail
+if ip netns exec ns1 ping -c1 -W1 192.168.1.62 >/dev/null; then exit 1; fi   # FORWARD DROP: must fail
 iptables -A FORWARD -i br0 -j ACCEPT
 ip netns exec ns1 ping -c1 -W1 192.168.1.62 >/dev/null || ip netns exec ns1 ping -c1 -W1 192.168.1.62 >/dev/null   # ok (one retry for ARP)
