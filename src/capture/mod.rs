@@ -32,6 +32,7 @@ mod watch;
 
 pub use error::CaptureError;
 pub use session::{
-    Capture, CaptureReport, CaptureSpec, CaptureTarget, Mark, NetnsStats, PacketLine, PcapFile,
+    Capture, CaptureReport, CaptureSpec, CaptureTarget, Closing, Mark, NetnsStats, PacketLine,
+    PcapFile,
 };
 pub use sll2::{Sll2Frame, SLL2_HEADER_LEN};

@@ -113,6 +113,9 @@ pub struct NetnsThread {
     commands: Mailbox<Command>,
     /// Until the thread said whether its capture started.
     ready: Option<mpsc::Receiver<Result<(), CaptureError>>>,
+    /// Says when the thread has closed its files, before it closes its capture
+    /// socket (which waits for an RCU grace period: 10–40 ms here).
+    done: mpsc::Receiver<()>,
     thread: JoinHandle<()>,
 }
 
@@ -125,17 +128,19 @@ impl NetnsThread {
     ) -> Result<NetnsThread, CaptureError> {
         let (commands, inbox) = mailbox().map_err(CaptureError::SpawnThread)?;
         let (ready_tx, ready) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel();
         let name = plan.name.clone();
         let rank = plan.rank;
         let thread = thread::Builder::new()
             .name(format!("cap-{name}"))
-            .spawn(move || thread_main(netns, plan, shared, inbox, ready_tx))
+            .spawn(move || thread_main(netns, plan, shared, inbox, ready_tx, done_tx))
             .map_err(CaptureError::SpawnThread)?;
         Ok(NetnsThread {
             name,
             rank,
             commands,
             ready: Some(ready),
+            done,
             thread,
         })
     }
@@ -175,9 +180,11 @@ impl NetnsThread {
         self.commands.send(Command::Stop);
     }
 
-    /// Wait for the thread to end.
-    pub fn join(self) {
-        let _ = self.thread.join();
+    /// Wait until the thread has closed its files (or ended), and hand over the
+    /// thread, which still closes its capture socket.
+    pub fn finish(self) -> JoinHandle<()> {
+        let _ = self.done.recv();
+        self.thread
     }
 }
 
@@ -187,6 +194,7 @@ fn thread_main(
     shared: Arc<Shared>,
     inbox: Inbox<Command>,
     ready: mpsc::Sender<Result<(), CaptureError>>,
+    done: mpsc::Sender<()>,
 ) {
     if let Err(source) = setns(netns.as_fd(), CloneFlags::CLONE_NEWNET) {
         let _ = ready.send(Err(CaptureError::EnterNetns {
@@ -217,6 +225,9 @@ fn thread_main(
     }
     ns.finish(&mut cap);
     let _ = std::fs::remove_file(&marker);
+    let _ = done.send(());
+    drop(links);
+    drop(cap);
 }
 
 /// Where a namespace's capture leaves a file named after the namespace once it is

@@ -114,6 +114,29 @@ pub struct CaptureReport {
     /// What went wrong after [`Capture::start`] returned (a file that could not be
     /// written, a namespace whose capture could not start, ...).
     pub errors: Vec<CaptureError>,
+    /// The capture's threads, closing their sockets (see [`Closing`]).
+    pub closing: Closing,
+}
+
+/// Threads of a stopped capture that are closing their capture sockets: the files
+/// are complete, but the kernel waits for an RCU grace period on each close (10–40
+/// ms on a 2-core VM), so the runner keeps this while it does something else, and
+/// dropping it waits for them.
+#[derive(Default)]
+pub struct Closing(Vec<JoinHandle<()>>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        for h in self.0.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Closing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Closing({} threads)", self.0.len())
+    }
 }
 
 /// A running capture. Dropping it stops it like [`Capture::stop`].
@@ -259,7 +282,7 @@ impl Capture {
     /// Stop like [`Capture::stop`], and also return the kernel's counters and the
     /// errors that were not taken yet.
     pub fn stop_report(mut self) -> CaptureReport {
-        self.shutdown();
+        let closing = self.shutdown_closing();
         let files = self
             .shared
             .ifaces_in_order()
@@ -279,6 +302,7 @@ impl Capture {
             files,
             stats: stats.into_iter().map(|(_, s)| s).collect(),
             errors: self.take_errors(),
+            closing,
         }
     }
 
@@ -305,10 +329,17 @@ impl Capture {
 
     /// Stop the watcher, which stops every namespace's thread; wait for them all.
     fn shutdown(&mut self) {
+        drop(self.shutdown_closing());
+    }
+
+    /// Stop the watcher and every namespace's thread; return the threads that are
+    /// still closing their sockets.
+    fn shutdown_closing(&mut self) -> Closing {
         drop(self.watch.take());
         if let Some(w) = self.watcher.take() {
             let _ = w.join();
         }
+        Closing(std::mem::take(&mut *lock(&self.shared.closing)))
     }
 }
 
@@ -327,6 +358,8 @@ pub struct Shared {
     stats: Mutex<Vec<(u32, NetnsStats)>>,
     /// The namespaces being captured now: rank and command channel.
     live: Mutex<Vec<(u32, Mailbox<Command>)>>,
+    /// Stopped namespace threads still closing their sockets.
+    closing: Mutex<Vec<JoinHandle<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -342,7 +375,12 @@ impl Shared {
             errors: Mutex::new(Vec::new()),
             stats: Mutex::new(Vec::new()),
             live: Mutex::new(Vec::new()),
+            closing: Mutex::new(Vec::new()),
         }
+    }
+
+    pub fn closing(&self, thread: JoinHandle<()>) {
+        lock(&self.closing).push(thread);
     }
 
     pub fn error(&self, e: CaptureError) {

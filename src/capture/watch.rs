@@ -319,7 +319,8 @@ impl Watcher {
     }
 
     /// Stop threads all at once (each reads what is left and closes its files),
-    /// then wait for them.
+    /// then wait until their files are closed; the threads, still closing their
+    /// capture sockets, go to [`Shared::closing`].
     fn stop_threads(&self, threads: Vec<NetnsThread>) {
         for t in &threads {
             self.shared.remove_live(t.rank);
@@ -329,7 +330,8 @@ impl Watcher {
             if let Some(Err(e)) = t.check_ready() {
                 self.shared.error(e);
             }
-            t.join();
+            let handle = t.finish();
+            self.shared.closing(handle);
         }
     }
 }

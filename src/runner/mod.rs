@@ -197,11 +197,15 @@ pub fn run_with(
     let before = sandbox::guard::machine_view(&sysctls);
     drop(t);
     let t = crate::timings::phase(|| "sandbox: set up, run, tear down".into());
-    let mut record =
+    let (mut record, closing) =
         sandbox::run(|sb| run_in(sb, scenario, options, &mut sink)).map_err(EnvError::Sandbox)?;
     drop(t);
     let t = crate::timings::phase(|| "machine view after".into());
     record.machine_changed = before.diff(&sandbox::guard::machine_view(&sysctls));
+    drop(t);
+    // The capture's sockets closed meanwhile (each close waits for the kernel).
+    let t = crate::timings::phase(|| "capture sockets closed".into());
+    drop(closing);
     drop(t);
     sink(Event::ScenarioFinished { record: &record });
     Ok(record)
@@ -212,7 +216,7 @@ fn run_in(
     scenario: &Scenario,
     options: &RunOptions,
     sink: &mut (impl FnMut(Event<'_>) + Send),
-) -> RunRecord {
+) -> (RunRecord, crate::capture::Closing) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -233,6 +237,7 @@ fn run_in(
                 .collect(),
         };
         let dir = options.artifacts.join(&scenario.name);
+        let _t = crate::timings::phase(|| "capture start".into());
         match Capture::start(sb, &spec, &dir) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -340,9 +345,11 @@ fn run_in(
         sink(Event::StepFinished { record: &rec });
         record.steps.push(rec);
     }
+    let mut closing = crate::capture::Closing::default();
     if let Some(c) = capture {
         let _t = crate::timings::phase(|| "capture stop".into());
-        let report = c.stop_report();
+        let mut report = c.stop_report();
+        closing = std::mem::take(&mut report.closing);
         record.pcaps = report
             .files
             .into_iter()
@@ -364,7 +371,7 @@ fn run_in(
         }
     }
     drop(rt);
-    record
+    (record, closing)
 }
 
 fn plural(n: usize, what: &str) -> String {
