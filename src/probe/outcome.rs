@@ -105,7 +105,7 @@ impl Default for ProbeTiming {
 }
 
 /// The shortest adaptive window.
-pub const MIN_WINDOW: Duration = Duration::from_millis(25);
+pub const MIN_WINDOW: Duration = Duration::from_millis(10);
 /// An adaptive window is this many times the calibrated round trip.
 pub const RTT_FACTOR: u32 = 100;
 
@@ -186,15 +186,6 @@ mod tests {
         assert_eq!(
             short.for_load(Duration::ZERO).window,
             Duration::from_millis(10)
-        );
-    }
-
-    #[test]
-    fn calibration_measures_a_real_round_trip() {
-        let rtt = calibrate();
-        assert!(
-            rtt > Duration::ZERO && rtt < Duration::from_secs(1),
-            "{rtt:?}"
         );
     }
 }

@@ -20,8 +20,8 @@ use super::raw::{RawFile, RawStep, RawTiming, RawTopology};
 use crate::probe::outcome::ProbeTiming;
 
 const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(60);
-/// `ping -c N` in a `run` script sends every 10 ms rather than every second.
-const DEFAULT_PING_INTERVAL: Duration = Duration::from_millis(10);
+/// `ping -c N` in a `run` script sends every 2 ms rather than every second.
+const DEFAULT_PING_INTERVAL: Duration = Duration::from_millis(2);
 
 /// Every scenario file named: files as given, directories searched recursively for
 /// `*.toml`, each directory's entries in sorted order.
