@@ -193,15 +193,28 @@ pub fn run_with(
     }
     let _whole = crate::timings::phase(|| format!("run {}", scenario.name));
     let sysctls = scenario.sysctl_keys();
-    let t = crate::timings::phase(|| "machine view before".into());
-    let before = sandbox::guard::machine_view(&sysctls);
-    drop(t);
-    let t = crate::timings::phase(|| "sandbox: set up, run, tear down".into());
-    let (mut record, closing) =
-        sandbox::run(|sb| run_in(sb, scenario, options, &mut sink)).map_err(EnvError::Sandbox)?;
-    drop(t);
+    // The machine's view before the run is read while the sandbox and its capture
+    // start (they are netscenario's own code, in namespaces of their own); the first
+    // step waits for it.
+    let (before, run) = std::thread::scope(|s| {
+        let (read_tx, read_rx) = std::sync::mpsc::channel::<()>();
+        let before = s.spawn(move || {
+            let _t = crate::timings::phase(|| "machine view before".into());
+            let view = sandbox::guard::machine_view(&sysctls);
+            let _ = read_tx.send(());
+            view
+        });
+        let t = crate::timings::phase(|| "sandbox: set up, run, tear down".into());
+        let run = sandbox::run(|sb| {
+            let read_rx = read_rx;
+            run_in(sb, scenario, options, &mut sink, &read_rx)
+        });
+        drop(t);
+        (before.join().expect("the machine view panicked"), run)
+    });
+    let (mut record, closing) = run.map_err(EnvError::Sandbox)?;
     let t = crate::timings::phase(|| "machine view after".into());
-    record.machine_changed = before.diff(&sandbox::guard::machine_view(&sysctls));
+    record.machine_changed = before.diff(&sandbox::guard::machine_view(&scenario.sysctl_keys()));
     drop(t);
     // The capture's sockets closed meanwhile (each close waits for the kernel).
     let t = crate::timings::phase(|| "capture sockets closed".into());
@@ -216,6 +229,7 @@ fn run_in(
     scenario: &Scenario,
     options: &RunOptions,
     sink: &mut (impl FnMut(Event<'_>) + Send),
+    machine_read: &std::sync::mpsc::Receiver<()>,
 ) -> (RunRecord, crate::capture::Closing) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -258,6 +272,8 @@ fn run_in(
         }
         _ => Vec::new(),
     };
+    // Nothing of the scenario runs before the machine's view is taken.
+    let _ = machine_read.recv();
     let mut stopped = false;
     let mut state = checkpoint::CheckpointState::new(scenario);
     if !scenario.topology.is_empty() {
