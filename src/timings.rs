@@ -11,6 +11,13 @@ fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var_os("NETSCENARIO_TIMINGS").is_some_and(|v| v != "0"))
 }
 
+/// Print a measured value that is not a phase (the probe window a checkpoint chose).
+pub fn note(what: impl FnOnce() -> String) {
+    if enabled() {
+        eprintln!("[timing]              {}", what());
+    }
+}
+
 /// A phase being timed; it reports when dropped.
 pub struct Phase {
     name: Option<String>,

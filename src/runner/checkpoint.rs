@@ -91,9 +91,9 @@ pub async fn run(
         let timing = if timing.adaptive {
             let rtt = crate::probe::outcome::calibrate();
             let t = timing.for_load(rtt);
-            drop(crate::timings::phase(|| {
+            crate::timings::note(|| {
                 format!("  window {:?} (calibrated round trip {rtt:?})", t.window)
-            }));
+            });
             t
         } else {
             timing

@@ -198,9 +198,10 @@ pub fn run_with(
     // step waits for it.
     let (before, run) = std::thread::scope(|s| {
         let (read_tx, read_rx) = std::sync::mpsc::channel::<()>();
+        let sysctls = &sysctls;
         let before = s.spawn(move || {
             let _t = crate::timings::phase(|| "machine view before".into());
-            let view = sandbox::guard::machine_view(&sysctls);
+            let view = sandbox::guard::machine_view(sysctls);
             let _ = read_tx.send(());
             view
         });
@@ -214,7 +215,7 @@ pub fn run_with(
     });
     let (mut record, closing) = run.map_err(EnvError::Sandbox)?;
     let t = crate::timings::phase(|| "machine view after".into());
-    record.machine_changed = before.diff(&sandbox::guard::machine_view(&scenario.sysctl_keys()));
+    record.machine_changed = before.diff(&sandbox::guard::machine_view(&sysctls));
     drop(t);
     // The capture's sockets closed meanwhile (each close waits for the kernel).
     let t = crate::timings::phase(|| "capture sockets closed".into());
