@@ -250,23 +250,7 @@ impl Capture {
 
     /// The kernel's counters of every namespace being captured now.
     pub fn stats(&self) -> Vec<NetnsStats> {
-        let (tx, rx) = mpsc::channel();
-        let mut asked = 0;
-        for (_, commands) in self.shared.live() {
-            if commands.send(Command::Stats(tx.clone())) {
-                asked += 1;
-            }
-        }
-        drop(tx);
-        let deadline = Instant::now() + ANSWER_DEADLINE;
-        let mut out = Vec::new();
-        for _ in 0..asked {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(s) => out.push(s),
-                Err(_) => break,
-            }
-        }
-        out
+        self.ask_all(Command::Stats)
     }
 
     /// Errors that happened after [`Capture::start`] returned, taken out.
@@ -308,23 +292,29 @@ impl Capture {
 
     /// Ask every live namespace thread to read what the kernel holds, and wait.
     fn sync(&self) {
+        self.ask_all(Command::Sync);
+    }
+
+    /// Send every live namespace thread the command `make` builds around a reply
+    /// channel, and collect the answers (those that come within the deadline).
+    fn ask_all<T>(&self, make: impl Fn(mpsc::Sender<T>) -> Command) -> Vec<T> {
         let (tx, rx) = mpsc::channel();
         let mut asked = 0;
         for (_, commands) in self.shared.live() {
-            if commands.send(Command::Sync(tx.clone())) {
+            if commands.send(make(tx.clone())) {
                 asked += 1;
             }
         }
         drop(tx);
         let deadline = Instant::now() + ANSWER_DEADLINE;
+        let mut out = Vec::new();
         for _ in 0..asked {
-            if rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .is_err()
-            {
-                break;
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(a) => out.push(a),
+                Err(_) => break,
             }
         }
+        out
     }
 
     /// Stop the watcher, which stops every namespace's thread; wait for them all.
